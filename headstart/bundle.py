@@ -1,0 +1,471 @@
+"""A trained model on disk: the run directory.
+
+Layout (no pickles anywhere, so loading a model never runs code from it)::
+
+    labels.txt          one label per line, as retrain.py's --output_labels wrote it
+    head.safetensors    the trained last layer, float32 tensors
+    headstart.json      manifest: labels, backbone, preprocessing, head config,
+                        hyperparameters, versions, sha256 of the two files above
+    metrics.json        evaluation results (optional)
+    ...                 extra files (report.html, skipped.csv, ...)
+
+Writes are atomic: a run directory is either the previous bundle or the new one,
+never half of each. Loads are paranoid: every way a bundle can be missing, edited or
+inconsistent becomes a :class:`ModelError` naming the file and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import platform
+import re
+import secrets
+import shutil
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from .errors import DataError, ModelError, UsageError
+
+log = logging.getLogger("headstart")
+
+MANIFEST_NAME = "headstart.json"
+HEAD_NAME = "head.safetensors"
+LABELS_NAME = "labels.txt"
+METRICS_NAME = "metrics.json"
+FORMAT_VERSION = 1
+FORMAT_NAME = "headstart-bundle"
+
+_RESERVED = {MANIFEST_NAME, HEAD_NAME, LABELS_NAME, METRICS_NAME}
+_HINT_RESTORE = "retrain, or restore the file from a backup"
+# Distribution names to try for each optional component, first found wins.
+_OPTIONAL_DISTS = {
+    "torch": ("torch",),
+    "timm": ("timm",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "ort-nightly"),
+    "openvino": ("openvino",),
+}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Everything needed to rebuild a trained classifier, as read and verified from disk."""
+
+    path: Path
+    labels: tuple[str, ...]
+    backbone: dict
+    preprocessing: dict
+    head_tensors: dict[str, np.ndarray]
+    head_config: dict
+    hyperparameters: dict
+    versions: dict
+    created: str
+    metrics: dict | None
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def versions() -> dict:
+    """Versions of headstart, Python, numpy and the installed ML packages.
+
+    Optional packages are looked up with ``importlib.metadata`` so that recording
+    versions never imports torch or openvino (seconds of start-up time).
+    """
+    try:
+        own = importlib.metadata.version("headstart")
+    except importlib.metadata.PackageNotFoundError:
+        own = str(getattr(sys.modules.get("headstart"), "__version__", "unknown"))
+    result = {"headstart": own, "python": platform.python_version(), "numpy": np.__version__}
+    for name, dists in _OPTIONAL_DISTS.items():
+        for dist in dists:
+            try:
+                result[name] = importlib.metadata.version(dist)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return result
+
+
+def default_run_dir(base: str | Path = "runs") -> Path:
+    """``base/<YYYYmmdd-HHMMSS>``, with ``-2``, ``-3`` ... appended if that exists.
+
+    The folder is not created: :func:`save_bundle` creates it atomically at the end of
+    training, so a failed run leaves no empty folder behind.
+    """
+    root = Path(base)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    candidate, n = root / stamp, 1
+    while candidate.exists():
+        n += 1
+        candidate = root / f"{stamp}-{n}"
+    return candidate
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _labels_text(labels: Sequence[str]) -> str:
+    return "".join(f"{label}\n" for label in labels)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Persist a directory entry (rename, create). Not possible on Windows: skip there."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON values from what callers naturally pass (numpy scalars and arrays,
+    tuples, Paths). NaN/inf become null: JSON has no such numbers, and metrics such as
+    the precision of a never-predicted class are legitimately undefined."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.floating) and obj.dtype.itemsize < 8:
+        return _jsonable(float(str(obj)))  # float32(0.1) -> 0.1, not 0.10000000149011612
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _json_bytes(obj: Any) -> bytes:
+    text = json.dumps(_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False)
+    return (text + "\n").encode("utf-8")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# --------------------------------------------------------------------------- validation
+# One set of checks serves both directions: save_bundle refuses to write what
+# load_bundle would refuse to read.
+
+
+def _fail(file: str, problem: str, hint: str = _HINT_RESTORE) -> ModelError:
+    return ModelError(f"{file}: {problem}", hint=hint)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_labels(labels: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(labels, (list, tuple)) or not labels:
+        raise _fail(where, "labels must be a non-empty list of strings")
+    seen: set[str] = set()
+    for label in labels:
+        if not isinstance(label, str) or not label.strip():
+            raise _fail(where, f"label {_short(label)} is not a non-empty string")
+        if "\n" in label or "\r" in label:
+            raise _fail(where, f"label {label!r} contains a line break")
+        if label in seen:
+            raise _fail(where, f"label {label!r} appears twice")
+        seen.add(label)
+    return tuple(labels)
+
+
+def _check_head_config(config: Any, n_labels: int, where: str) -> None:
+    if not isinstance(config, dict):
+        raise _fail(where, "head_config must be an object")
+    for key in ("n_classes", "n_features"):
+        if not _is_int(config.get(key)) or config[key] < 1:
+            raise _fail(where, f"head_config.{key} must be a positive integer, got {_short(config.get(key))}")
+    if config["n_classes"] != n_labels:
+        raise _fail(where, f"head_config.n_classes is {config['n_classes']} but there are {n_labels} labels")
+
+
+def _check_tensors(tensors: Mapping[str, np.ndarray], config: dict, where: str) -> None:
+    """Generic shape checks that hold for any head: every tensor float32 and finite, and
+    some tensor has a dimension of n_classes (the output layer) and one of n_features
+    (the input layer), so a head trained for other labels or another backbone is caught."""
+    if not tensors:
+        raise _fail(where, "holds no tensors")
+    n_classes, n_features = config["n_classes"], config["n_features"]
+    for name, t in tensors.items():
+        if not isinstance(t, np.ndarray) or t.dtype != np.float32:
+            dtype = getattr(t, "dtype", type(t).__name__)
+            raise _fail(where, f"tensor {name!r} is {dtype}, expected float32")
+        if not np.isfinite(t).all():
+            raise _fail(where, f"tensor {name!r} holds NaN or infinite values")
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    if not any(n_classes in s for s in shapes.values()):
+        raise _fail(where, f"no tensor has a dimension of n_classes={n_classes} "
+                           f"(shapes: {shapes}); the head does not match the labels")
+    if not any(n_features in s for s in shapes.values()):
+        raise _fail(where, f"no tensor has a dimension of n_features={n_features} "
+                           f"(shapes: {shapes}); the head does not match the backbone")
+
+
+def _check_manifest(m: Any) -> None:
+    """Hand-written schema check of a parsed manifest (types first, then meaning)."""
+    where = MANIFEST_NAME
+    if not isinstance(m, dict):
+        raise _fail(where, f"expected a JSON object, found {type(m).__name__}")
+    if m.get("format") != FORMAT_NAME:
+        raise _fail(where, f"'format' is {_short(m.get('format'))}, expected {FORMAT_NAME!r}")
+    version = m.get("format_version")
+    if not _is_int(version):
+        raise _fail(where, f"'format_version' must be an integer, got {_short(version)}")
+    if version > FORMAT_VERSION or version < 1:
+        raise _fail(where, f"format_version {version} is not supported (this headstart reads "
+                           f"{FORMAT_VERSION})", hint="upgrade headstart, or retrain with this version")
+    required: dict[str, type] = {"created": str, "labels": list, "backbone": dict,
+                                 "preprocessing": dict, "head_config": dict,
+                                 "hyperparameters": dict, "versions": dict, "files": dict}
+    for key, kind in required.items():
+        if key not in m:
+            raise _fail(where, f"required key {key!r} is missing")
+        if not isinstance(m[key], kind):
+            raise _fail(where, f"{key!r} must be a JSON {'array' if kind is list else kind.__name__}, "
+                               f"got {type(m[key]).__name__}")
+    labels = _check_labels(m["labels"], where)
+    name = m["backbone"].get("name")
+    if not isinstance(name, str) or not name:
+        raise _fail(where, f"backbone.name must be a non-empty string, got {_short(name)}")
+    _check_head_config(m["head_config"], len(labels), where)
+    for file in (HEAD_NAME, LABELS_NAME):
+        entry = m["files"].get(file)
+        digest = entry.get("sha256") if isinstance(entry, dict) else None
+        if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise _fail(where, f"files.{file}.sha256 is missing or not a sha256 hex digest")
+
+
+# --------------------------------------------------------------------------- save
+
+
+def _check_run_dir(run_dir: Path) -> bool:
+    """Return whether ``run_dir`` exists; refuse to replace anything but a bundle or an empty folder."""
+    if not run_dir.exists():
+        return False
+    if not run_dir.is_dir():
+        raise UsageError(f"Output path {run_dir} exists and is not a folder",
+                         hint="choose another --output_dir")
+    if (run_dir / MANIFEST_NAME).is_file() or not any(run_dir.iterdir()):
+        return True
+    raise UsageError(f"Output folder {run_dir} holds files that are not a headstart run; not overwriting it",
+                     hint="choose another --output_dir, or empty that folder")
+
+
+def _check_extra_name(name: str) -> PurePosixPath:
+    rel = PurePosixPath(name)
+    if (not name or rel.is_absolute() or "\\" in name
+            or any(p in ("", ".", "..") for p in rel.parts) or str(rel) in _RESERVED):
+        raise ValueError(f"extra file name {name!r} must be a relative path inside the run "
+                         f"folder and not one of {sorted(_RESERVED)}")
+    return rel
+
+
+def save_bundle(run_dir: str | Path, *, labels: Sequence[str], backbone: dict, preprocessing: dict,
+                head_tensors: Mapping[str, np.ndarray], head_config: dict, hyperparameters: dict,
+                metrics: dict | None = None, extra_files: dict[str, bytes | str] | None = None,
+                output_labels: str | Path | None = None) -> Path:
+    """Write a bundle into ``run_dir`` atomically and return ``run_dir``.
+
+    Everything is written and fsynced in a hidden sibling folder, then renamed into
+    place; an existing bundle (or empty folder) at ``run_dir`` is swapped out and
+    deleted only after the new one is in. A failure at any point leaves the previous
+    bundle untouched and no temp folder behind. A folder holding anything else is
+    refused, so a mistyped ``--output_dir`` cannot wipe a user's files.
+    ``output_labels`` also writes labels.txt there (retrain.py's ``--output_labels``).
+    """
+    run_dir = Path(run_dir).expanduser()
+    if run_dir.is_symlink() or run_dir.name in ("", ".", ".."):  # rename the real folder, not "."
+        run_dir = run_dir.resolve()
+    try:
+        labels = _check_labels(list(labels), LABELS_NAME)
+    except ModelError as err:  # labels come from folder names: the user's data, not a model
+        raise DataError(f"Cannot save the model: {err}", hint="rename that class folder") from None
+    tensors = {str(k): np.ascontiguousarray(v, dtype=np.float32) for k, v in head_tensors.items()}
+    _check_head_config(head_config, len(labels), "head_config")
+    _check_tensors(tensors, head_config, "head_tensors")
+    extras = {_check_extra_name(k): v for k, v in (extra_files or {}).items()}
+    replacing = _check_run_dir(run_dir)
+
+    from safetensors.numpy import save as save_safetensors
+
+    head_bytes = save_safetensors(tensors, metadata={"format": FORMAT_NAME})
+    labels_bytes = _labels_text(labels).encode("utf-8")
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "created": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "labels": list(labels),
+        "backbone": dict(backbone),
+        "preprocessing": dict(preprocessing),
+        "head_config": dict(head_config),
+        "hyperparameters": dict(hyperparameters),
+        "versions": versions(),
+        "files": {
+            HEAD_NAME: {"sha256": _sha256(head_bytes), "size": len(head_bytes),
+                        "tensors": {k: list(v.shape) for k, v in tensors.items()}},
+            LABELS_NAME: {"sha256": _sha256(labels_bytes), "size": len(labels_bytes)},
+        },
+    }
+    _check_manifest(json.loads(_json_bytes(manifest)))
+
+    parent = run_dir.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
+    tmp = parent / f".{run_dir.name}.partial-{token}"
+    old = parent / f".{run_dir.name}.old-{token}"
+    labels_out = Path(output_labels).expanduser() if output_labels is not None else None
+    labels_tmp = labels_out.with_name(f".{labels_out.name}.partial-{token}") if labels_out else None
+    committed = False
+    try:
+        tmp.mkdir()
+        _write_synced(tmp / HEAD_NAME, head_bytes)
+        _write_synced(tmp / LABELS_NAME, labels_bytes)
+        if metrics is not None:
+            _write_synced(tmp / METRICS_NAME, _json_bytes(metrics))
+        for rel, content in extras.items():
+            data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+            _write_synced(tmp.joinpath(*rel.parts), data)
+        _write_synced(tmp / MANIFEST_NAME, _json_bytes(manifest))  # last: its presence marks a bundle
+        _fsync_dir(tmp)
+        if labels_tmp is not None:
+            _write_synced(labels_tmp, labels_bytes)
+
+        # Commit: everything that can fail slowly has happened; only renames remain.
+        if replacing:
+            os.replace(run_dir, old)
+            try:
+                os.replace(tmp, run_dir)
+            except BaseException:
+                os.replace(old, run_dir)
+                raise
+        else:
+            os.replace(tmp, run_dir)
+        committed = True
+        _fsync_dir(parent)
+        if labels_tmp is not None and labels_out is not None:
+            os.replace(labels_tmp, labels_out)
+            _fsync_dir(labels_out.parent)
+    except OSError as err:
+        if committed:
+            raise ModelError(f"The model was saved to {run_dir}, but {labels_out} cannot be written: {err}",
+                             hint=f"copy {run_dir / LABELS_NAME} there yourself") from err
+        raise ModelError(f"Cannot write the model to {run_dir}: {err}",
+                         hint="check free disk space and permissions; any previous model there "
+                              "is unchanged") from err
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if labels_tmp is not None:
+            labels_tmp.unlink(missing_ok=True)
+        if committed and old.exists():  # the previous bundle, now replaced
+            shutil.rmtree(old, ignore_errors=True)
+            if old.exists():
+                log.warning("Could not delete the previous model at %s; delete it by hand", old)
+    log.info("Saved model (%d classes) to %s", len(labels), run_dir)
+    return run_dir
+
+
+# --------------------------------------------------------------------------- load
+
+
+def _read(path: Path, name: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise _fail(name, f"missing from {path.parent}") from None
+    except OSError as err:
+        raise _fail(name, f"cannot be read: {err}") from err
+
+
+def load_bundle(run_dir: str | Path) -> Bundle:
+    """Read and verify a bundle written by :func:`save_bundle`.
+
+    Checks, in order: folder and manifest present, manifest schema, checksums of
+    head.safetensors and labels.txt, labels.txt against the manifest, tensors against
+    head_config. Any failure is a :class:`ModelError` naming the file and the problem;
+    tensors are read with safetensors, never unpickled.
+    """
+    root = Path(run_dir).expanduser()
+    if not root.exists():
+        raise ModelError(f"Model folder {root} does not exist",
+                         hint="pass the --output_dir of a finished headstart run")
+    if not root.is_dir():
+        raise ModelError(f"{root} is not a folder", hint="pass the run folder, not a file in it")
+    if not (root / MANIFEST_NAME).is_file():
+        raise ModelError(f"{root} is not a headstart run folder (no {MANIFEST_NAME})",
+                         hint="pass the --output_dir of a finished headstart run")
+
+    raw = _read(root / MANIFEST_NAME, MANIFEST_NAME)
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise _fail(MANIFEST_NAME, f"not valid JSON ({type(err).__name__}: {str(err)[:200]})") from None
+    _check_manifest(manifest)
+    labels = tuple(manifest["labels"])
+
+    head_bytes = _read(root / HEAD_NAME, HEAD_NAME)
+    labels_bytes = _read(root / LABELS_NAME, LABELS_NAME)
+    for name, data in ((HEAD_NAME, head_bytes), (LABELS_NAME, labels_bytes)):
+        if _sha256(data) != manifest["files"][name]["sha256"]:
+            raise _fail(name, "checksum mismatch: the file was modified after training")
+
+    try:
+        file_labels = labels_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _fail(LABELS_NAME, "not UTF-8 text") from None
+    if file_labels != _labels_text(labels):
+        raise _fail(LABELS_NAME, f"its labels disagree with {MANIFEST_NAME}")
+
+    from safetensors.numpy import load as load_safetensors
+
+    try:
+        tensors = load_safetensors(head_bytes)
+    except Exception as err:  # safetensors raises its own error type for bad headers
+        raise _fail(HEAD_NAME, f"not a valid safetensors file ({err})") from None
+    _check_tensors(tensors, manifest["head_config"], HEAD_NAME)
+
+    metrics: dict | None = None
+    metrics_path = root / METRICS_NAME
+    if metrics_path.exists():
+        try:
+            metrics = json.loads(_read(metrics_path, METRICS_NAME).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise _fail(METRICS_NAME, "not valid JSON", hint="delete it or re-evaluate the model") from None
+        if not isinstance(metrics, dict):
+            raise _fail(METRICS_NAME, "expected a JSON object", hint="delete it or re-evaluate the model")
+
+    return Bundle(path=root, labels=labels, backbone=manifest["backbone"],
+                  preprocessing=manifest["preprocessing"], head_tensors=tensors,
+                  head_config=manifest["head_config"], hyperparameters=manifest["hyperparameters"],
+                  versions=manifest["versions"], created=manifest["created"], metrics=metrics)

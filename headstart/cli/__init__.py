@@ -1,0 +1,90 @@
+"""The ``headstart`` command: the only place that prints and picks exit codes.
+
+Each sub-command lives in a module of this package with a ``register``
+function; this module maps known exceptions to one line plus a hint
+(exit 2 for usage errors, 1 otherwise) and shows tracebacks only with
+``HEADSTART_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+
+from .. import __version__
+from ..errors import HeadstartError
+from .common import HeadstartArgumentParser
+
+# Sub-command modules, in the order they appear in --help.
+COMMAND_MODULES = ("core",)
+
+log = logging.getLogger("headstart")
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {message}"
+        return message
+
+
+def configure_logging(verbosity: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger("headstart")
+    root.handlers[:] = [handler]
+    root.propagate = False
+    root.setLevel(logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = HeadstartArgumentParser(
+        prog="headstart",
+        description="Retrain an image classifier on your own photos by transfer learning: cached bottlenecks, "
+                    "a new last layer in seconds, honest evaluation, fast deployment.",
+        epilog="example:\n  headstart datasets fashion-mnist --out demo --per_class 300\n"
+               "  headstart retrain --image_dir demo --output_dir runs/demo\n"
+               "  headstart label --model runs/demo demo/Sandal\n\n"
+               "Run 'headstart COMMAND --help' for a command's flags and an example.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"headstart {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(f".{name}", __name__).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    debug = os.environ.get("HEADSTART_DEBUG", "") not in ("", "0")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(-1 if getattr(args, "quiet", False) else getattr(args, "verbose", 0))
+    try:
+        return int(args.handler(args) or 0)
+    except HeadstartError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: completed batches are kept in the cache; run the same command to resume",
+              file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for users
+        if debug:
+            traceback.print_exc()
+        print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+              file=sys.stderr)
+        print("hint: run again with HEADSTART_DEBUG=1 for the traceback, and report it", file=sys.stderr)
+        return 1

@@ -1,0 +1,347 @@
+"""retrain, label, evaluate, backbones, cache, datasets."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .common import add_command, add_format, flag, format_table, print_json
+
+
+def add_backbone_flags(parser: argparse.ArgumentParser) -> None:
+    flag(parser, "--backbone", "--tfhub_module", default="efficientnet_lite0",
+         help="feature extractor: a name from 'headstart backbones' or any timm model (default: %(default)s)")
+    flag(parser, "--weights", type=Path, default=None,
+         help="local weights file (.safetensors or .pth state dict) for the backbone")
+
+
+def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+    flag(parser, "--runtime", default="auto", choices=["auto", "torch", "cuda", "onnxruntime", "openvino"],
+         help="where the backbone runs; auto picks the fastest accurate one here (default: %(default)s)")
+    flag(parser, "--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
+         help="numeric precision of the backbone (default: the runtime's best accurate one)")
+
+
+def add_cache_flag(parser: argparse.ArgumentParser) -> None:
+    flag(parser, "--bottleneck_dir", type=Path, default=None,
+         help="where bottleneck vectors are cached (default: $HEADSTART_CACHE_DIR or ~/.cache/headstart)")
+
+
+def register(sub: Any) -> None:
+    _register_retrain(sub)
+    _register_label(sub)
+    _register_evaluate(sub)
+    _register_backbones(sub)
+    _register_cache(sub)
+    _register_datasets(sub)
+
+
+# ------------------------------------------------------------------ retrain
+
+
+def add_training_flags(parser: argparse.ArgumentParser, list_type: Any = None) -> None:
+    """Flags of the last layer; ``list_type`` makes them comma-separated lists (sweep)."""
+    from ..workflow import DEFAULT_LEARNING_RATE, DEFAULT_OPTIMIZER, DEFAULT_STEPS, DEFAULT_TRAIN_BATCH_SIZE
+
+    def kind(base: type, name: str) -> Any:
+        return list_type(base, name) if list_type else base
+
+    flag(parser, "--how_many_training_steps", type=kind(int, "how_many_training_steps"), default=DEFAULT_STEPS,
+         help="training steps (default: %(default)s; retrain.py used 4000)")
+    flag(parser, "--learning_rate", type=kind(float, "learning_rate"), default=DEFAULT_LEARNING_RATE,
+         help="learning rate (default: %(default)s; retrain.py used 0.01 with sgd)")
+    flag(parser, "--optimizer", type=kind(str, "optimizer"), default=DEFAULT_OPTIMIZER,
+         help="sgd (retrain.py), momentum or adam (default: %(default)s)")
+    flag(parser, "--train_batch_size", type=kind(int, "train_batch_size"), default=DEFAULT_TRAIN_BATCH_SIZE,
+         help="images per training step, -1 for all (default: %(default)s)")
+    flag(parser, "--hidden_units", type=kind(int, "hidden_units"), default=0,
+         help="add one hidden ReLU layer of this size before the softmax (default: none)")
+    flag(parser, "--dropout", type=kind(float, "dropout"), default=0.0,
+         help="dropout rate on the hidden layer's output (default: %(default)s)")
+    flag(parser, "--weight_decay", type=kind(float, "weight_decay"), default=0.0, help="L2 penalty (default: 0)")
+
+
+def add_split_flags(parser: argparse.ArgumentParser) -> None:
+    flag(parser, "--image_dir", type=Path, required=True, help="folder with one sub-folder of images per class")
+    flag(parser, "--testing_percentage", type=float, default=10.0,
+         help="percentage of images used as the test set (default: %(default)s)")
+    flag(parser, "--validation_percentage", type=float, default=10.0,
+         help="percentage of images used as the validation set (default: %(default)s)")
+
+
+def _register_retrain(sub: Any) -> None:
+    p = add_command(sub, "retrain", "train a new last layer on your photos (retrain.py's workflow)",
+                    "headstart retrain --image_dir flower_photos --output_dir runs/flowers\n"
+                    "headstart retrain --image_dir flower_photos --optimizer sgd --learning_rate 0.01 "
+                    "--how_many_training_steps 4000   # retrain.py's recipe")
+    add_split_flags(p)
+    flag(p, "--output_dir", type=Path, default=None, help="run directory to write (default: runs/<timestamp>)")
+    flag(p, "--output_labels", type=Path, default=None, help="also write the labels file here (as retrain.py)")
+    add_cache_flag(p)
+    add_backbone_flags(p)
+    flag(p, "--crop_pct", type=float, default=1.0,
+         help="centre crop before resizing; 1.0 keeps the whole image as retrain.py did, 0.875 is timm's "
+              "ImageNet evaluation crop (default: %(default)s)")
+    add_runtime_flags(p)
+    add_training_flags(p)
+    flag(p, "--eval_step_interval", type=int, default=100, help="log progress every N steps (default: %(default)s)")
+    flag(p, "--validation_batch_size", type=int, default=100,
+         help="validation images per evaluation, -1 for all (default: %(default)s)")
+    flag(p, "--test_batch_size", type=int, default=-1,
+         help="test images for the final evaluation, -1 for all (default: %(default)s)")
+    flag(p, "--print_misclassified_test_images", action="store_true", help="list the test images the model gets wrong")
+    flag(p, "--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    flag(p, "--strict", action="store_true", help="fail instead of skipping unusable images")
+    flag(p, "--workers", type=int, default=None, help="image decoding threads (default: one per core)")
+    flag(p, "--no_report", action="store_true", help="do not write report.html")
+    flag(p, "--format", choices=["table", "json"], default="table", help="print the summary as a table or as JSON")
+    p.set_defaults(handler=run_retrain)
+
+
+def run_retrain(args: argparse.Namespace) -> int:
+    from ..metrics import format_evaluation
+    from ..workflow import RetrainConfig, retrain
+
+    config = RetrainConfig(
+        image_dir=args.image_dir, output_dir=args.output_dir, output_labels=args.output_labels,
+        bottleneck_dir=args.bottleneck_dir, backbone=args.backbone, weights=args.weights, crop_pct=args.crop_pct, runtime=args.runtime,
+        precision=args.precision, how_many_training_steps=args.how_many_training_steps,
+        learning_rate=args.learning_rate, optimizer=args.optimizer, train_batch_size=args.train_batch_size,
+        validation_batch_size=args.validation_batch_size, test_batch_size=args.test_batch_size,
+        eval_step_interval=args.eval_step_interval, testing_percentage=args.testing_percentage,
+        validation_percentage=args.validation_percentage, hidden_units=args.hidden_units, dropout=args.dropout,
+        weight_decay=args.weight_decay, print_misclassified_test_images=args.print_misclassified_test_images,
+        seed=args.seed, workers=args.workers, strict=args.strict, progress=not args.quiet,
+        write_report=not args.no_report)
+
+    def on_step(step: Any) -> None:
+        if args.quiet:
+            return
+        text = (f"Step {step.step}: Train accuracy = {100 * step.train_accuracy:.1f}%, "
+                f"Cross entropy = {step.cross_entropy:.4f}")
+        if step.validation_accuracy is not None:
+            text += f", Validation accuracy = {100 * step.validation_accuracy:.1f}%"
+        print(text, file=sys.stderr, flush=True)
+
+    result = retrain(config, on_step=on_step)
+    if args.format == "json":
+        print_json({"run_dir": str(result.run_dir), **result.metrics})
+        return 0
+    b = result.bottlenecks
+    print(f"Bottlenecks: {b['computed']} computed, {b['cached']} cached, {b['skipped']} skipped "
+          f"in {result.timing['bottlenecks_s']:.1f}s")
+    for item in result.skipped[:20]:
+        print(f"  skipped {item.path}: {item.reason}")
+    if len(result.skipped) > 20:
+        print(f"  ... and {len(result.skipped) - 20} more (see skipped.csv)")
+    print(f"Training: {result.metrics['training']['steps_run']} steps in {result.timing['train_s']:.2f}s"
+          + ("  (DIVERGED: lower --learning_rate)" if result.diverged else ""))
+    if result.validation_accuracy is not None:
+        print(f"Validation accuracy = {100 * result.validation_accuracy:.1f}% (N={result.validation_n})")
+    print(f"Final test accuracy = {100 * result.test.accuracy:.1f}% (N={result.test.n})")
+    print()
+    print(format_evaluation(result.test, title="Test"))
+    if args.print_misclassified_test_images:
+        print()
+        print("=== MISCLASSIFIED TEST IMAGES ===")
+        for m in result.misclassified:
+            print(f"{m.relpath:>40}  {m.predicted_label}  ({m.score:.3f})")
+    print()
+    print(f"Total time {result.timing['total_s']:.1f}s. Model written to {result.run_dir}")
+    print(f"Label images with: headstart label --model {result.run_dir} IMAGE...")
+    return 0
+
+
+# ------------------------------------------------------------------ label
+
+
+def _register_label(sub: Any) -> None:
+    p = add_command(sub, "label", "print the top labels of images with a retrained model (or ImageNet's)",
+                    "headstart label --model runs/flowers photo.jpg more_photos/\n"
+                    "headstart label --imagenet cat.jpg   # the backbone's own 1000 ImageNet classes")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER")
+    group = p.add_mutually_exclusive_group(required=True)
+    flag(group, "--model", "--graph", type=Path, help="run directory written by 'headstart retrain'")
+    flag(group, "--imagenet", action="store_true", help="use the backbone's ImageNet classifier")
+    flag(p, "--top_k", type=int, default=5, help="labels to show per image (default: %(default)s)")
+    add_format(p, ("table", "json", "csv"))
+    add_backbone_flags(p)
+    add_runtime_flags(p)
+    add_cache_flag(p)
+    p.set_defaults(handler=run_label)
+
+
+def run_label(args: argparse.Namespace) -> int:
+    from ..workflow import label, label_imagenet
+
+    if args.imagenet:
+        result = label_imagenet(args.images, backbone=args.backbone, top_k=args.top_k, weights=args.weights,
+                                runtime=args.runtime, precision=args.precision, bottleneck_dir=args.bottleneck_dir,
+                                progress=not args.quiet)
+    else:
+        result = label(args.model, args.images, top_k=args.top_k, bottleneck_dir=args.bottleneck_dir,
+                       runtime=args.runtime, precision=args.precision, weights=args.weights,
+                       progress=not args.quiet)
+    print_predictions(result, args.format)
+    return 1 if not result.predictions else 0
+
+
+def print_predictions(result: Any, fmt: str) -> None:
+    for item in result.skipped:
+        print(f"warning: skipped {item.path}: {item.reason}", file=sys.stderr)
+    if fmt == "json":
+        print_json([p.to_dict() for p in result.predictions])
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["path", "rank", "label", "score"])
+        for p in result.predictions:
+            for rank, (lab, score) in enumerate(p.top, 1):
+                writer.writerow([str(p.path), rank, lab, f"{score:.6f}"])
+    else:
+        for p in result.predictions:
+            print(p.path)
+            width = max(len(lab) for lab, _ in p.top)
+            for lab, score in p.top:
+                print(f"  {lab.ljust(width)}  {score:.4f}")
+
+
+# ------------------------------------------------------------------ evaluate
+
+
+def _register_evaluate(sub: Any) -> None:
+    p = add_command(sub, "evaluate", "measure a retrained model on another labelled folder",
+                    "headstart evaluate --model runs/flowers --image_dir holdout_photos")
+    flag(p, "--model", type=Path, required=True, help="run directory written by 'headstart retrain'")
+    flag(p, "--image_dir", type=Path, required=True, help="folder with one sub-folder per label of the model")
+    flag(p, "--print_misclassified_test_images", action="store_true", help="list the images the model gets wrong")
+    add_format(p)
+    add_runtime_flags(p)
+    add_cache_flag(p)
+    flag(p, "--weights", type=Path, default=None, help="the backbone's weights file, if it was trained with one")
+    p.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from ..metrics import format_evaluation
+    from ..workflow import evaluate
+
+    result, wrong, skipped = evaluate(args.model, args.image_dir, bottleneck_dir=args.bottleneck_dir,
+                                      runtime=args.runtime, precision=args.precision, weights=args.weights,
+                                      progress=not args.quiet)
+    for item in skipped:
+        print(f"warning: skipped {item.path}: {item.reason}", file=sys.stderr)
+    if args.format == "json":
+        print_json(result.to_dict())
+        return 0
+    print(f"Test accuracy = {100 * result.accuracy:.1f}% (N={result.n})")
+    print()
+    print(format_evaluation(result, title="Evaluation"))
+    if args.print_misclassified_test_images:
+        print()
+        print("=== MISCLASSIFIED IMAGES ===")
+        for m in wrong:
+            print(f"{m.relpath:>40}  {m.predicted_label}  ({m.score:.3f})")
+    return 0
+
+
+# ------------------------------------------------------------------ backbones
+
+
+def _register_backbones(sub: Any) -> None:
+    p = add_command(sub, "backbones", "list the pretrained feature extractors",
+                    "headstart backbones\nheadstart backbones --format json")
+    add_format(p)
+    p.set_defaults(handler=run_backbones)
+
+
+def run_backbones(args: argparse.Namespace) -> int:
+    from ..backbones import DEFAULT_BACKBONE, list_backbones
+
+    rows = list_backbones()
+    if args.format == "json":
+        print_json([asdict(r) for r in rows])
+        return 0
+    table = [[r.name + (" *" if r.name == DEFAULT_BACKBONE else ""), r.timm_name, r.params_m, r.input_size,
+              r.bottleneck_size, r.top1, "yes" if r.offline else "download"] for r in rows]
+    print(format_table(["name", "timm model", "params (M)", "input", "bottleneck", "ImageNet top-1 %",
+                        "weights offline"], table, align="llrrrrl"))
+    print("\n* default. Any other timm model name works too when online; --weights PATH loads a local checkpoint.")
+    return 0
+
+
+# ------------------------------------------------------------------ cache
+
+
+def _register_cache(sub: Any) -> None:
+    p = add_command(sub, "cache", "inspect or clear the bottleneck cache",
+                    "headstart cache stats\nheadstart cache clear --bottleneck_dir /tmp/bottlenecks")
+    p.add_argument("action", choices=["stats", "clear"])
+    add_cache_flag(p)
+    add_format(p)
+    p.set_defaults(handler=run_cache)
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    from ..cache import BottleneckCache
+
+    with BottleneckCache(args.bottleneck_dir) as cache:
+        if args.action == "clear":
+            removed = cache.clear()
+            print(f"Removed {removed} bottlenecks from {cache.path}")
+            return 0
+        stats = cache.stats()
+    if args.format == "json":
+        print_json(asdict(stats))
+        return 0
+    print(f"Cache: {stats.path}")
+    print(f"Size: {stats.size_bytes / 1e6:.1f} MB, {stats.entries} bottlenecks")
+    if stats.extractors:
+        rows = [[e.fingerprint, e.description.get("name", "?"), e.description.get("runtime", "?"),
+                 e.description.get("precision", "?"), e.dim, e.entries] for e in stats.extractors]
+        print(format_table(["extractor", "backbone", "runtime", "precision", "dim", "entries"], rows,
+                           align="llllrr"))
+    return 0
+
+
+# ------------------------------------------------------------------ datasets
+
+
+def _register_datasets(sub: Any) -> None:
+    p = add_command(sub, "datasets", "write demo image folders (Fashion-MNIST offline, flowers online)",
+                    "headstart datasets fashion-mnist --out demo --per_class 300\n"
+                    "headstart datasets fashion-mnist --out holdout --split test --per_class 100\n"
+                    "headstart datasets flowers --out data")
+    p.add_argument("name", nargs="?", choices=["fashion-mnist", "flowers"], help="dataset to write (omit to list)")
+    flag(p, "--out", type=Path, help="folder to write into")
+    flag(p, "--per_class", type=int, default=None, help="images per class (default: all)")
+    flag(p, "--split", choices=["train", "test"], default="train", help="Fashion-MNIST's train or test images")
+    flag(p, "--offset", type=int, default=0, help="skip this many images of each class first")
+    flag(p, "--source", default=None, help="folder or URL holding the dataset files (default: Debian package, "
+                                           "else the official download)")
+    p.set_defaults(handler=run_datasets)
+
+
+def run_datasets(args: argparse.Namespace) -> int:
+    from .. import datasets
+    from ..errors import UsageError
+
+    if args.name is None:
+        rows = datasets.list_datasets()
+        keys = list(rows[0]) if rows else []
+        print(format_table(keys, [[r[k] for k in keys] for r in rows], align="l" * len(keys)))
+        return 0
+    if args.out is None:
+        raise UsageError("--out is required", hint=f"headstart datasets {args.name} --out DIR")
+    if args.name == "fashion-mnist":
+        info = datasets.write_fashion_mnist(args.out, per_class=args.per_class, split=args.split, offset=args.offset,
+                                            source=args.source, progress=not args.quiet)
+    else:
+        info = datasets.download_flowers(args.out, **({"url": args.source} if args.source else {}),
+                                         progress=not args.quiet)
+    print(f"Wrote {info.n_images} images in {len(info.labels)} classes to {info.path} (from {info.source})")
+    print(f"Next: headstart retrain --image_dir {info.path}")
+    return 0

@@ -1,0 +1,166 @@
+"""Images -> bottleneck vectors, through the cache and a runtime.
+
+The pipeline: look every image up in the cache by content hash; decode the
+misses in a pool of threads (Pillow releases the GIL while decoding and
+resizing) a bounded number of batches ahead of the network; run the network
+on full batches; commit each batch to the cache as soon as it is computed, so
+an interrupted run loses at most one batch.  Memory is bounded by the
+look-ahead, not by the size of the folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .backbones import Backbone
+from .cache import BottleneckCache
+from .data import ImageRecord, Preprocessing, SkippedImage, load_image
+from .errors import HeadstartError, ImageError
+from .progress import Progress
+from .runtimes import Runner, RuntimeChoice, create_runner, resolve_runtime
+
+log = logging.getLogger("headstart")
+
+DEFAULT_BATCH_SIZE = 32
+MAX_SKIP_WARNINGS = 10  # beyond this the run's summary and skipped.csv carry the list
+
+
+@dataclass(frozen=True)
+class Bottlenecks:
+    """Vectors for the records that could be used, in the order given."""
+
+    records: tuple[ImageRecord, ...]
+    vectors: np.ndarray  # float32 [len(records), D]
+    skipped: tuple[SkippedImage, ...]
+    computed: int
+    cached: int
+    seconds: float
+    extractor: str
+    runtime: RuntimeChoice | None
+
+    def select(self, split: str) -> tuple[tuple[ImageRecord, ...], np.ndarray]:
+        rows = [i for i, r in enumerate(self.records) if r.split == split]
+        return tuple(self.records[i] for i in rows), self.vectors[rows]
+
+
+def extractor_fingerprint(backbone: Backbone, choice: RuntimeChoice) -> str:
+    """Cache key part that says which numbers a vector came from."""
+    return hashlib.sha256(f"{backbone.fingerprint}|{choice.key}".encode()).hexdigest()[:16]
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def decode_ahead(paths: Sequence[Path], prep: Preprocessing, batch_size: int, workers: int,
+                 lookahead_batches: int = 3) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+    """Yield ``(position, image, error)`` in order, decoding in threads a bounded distance ahead."""
+    window = max(batch_size * lookahead_batches, workers * 2)
+    from PIL import Image
+
+    Image.init()  # register every format plugin before threads race to do it lazily
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="headstart-decode") as pool:
+        pending: deque[Future[np.ndarray]] = deque()
+        position = 0
+        submitted = 0
+        while position < len(paths):
+            while submitted < len(paths) and len(pending) < window:
+                pending.append(pool.submit(load_image, paths[submitted], prep))
+                submitted += 1
+            future = pending.popleft()
+            try:
+                yield position, future.result(), None
+            except ImageError as exc:
+                yield position, None, str(exc).removeprefix(f"{paths[position]}: ")
+            except OSError as exc:  # unreadable file or vanished since indexing
+                yield position, None, f"cannot read file ({exc.strerror or exc})"
+            position += 1
+
+
+def run_batches(runner: Runner, items: Iterator[tuple[int, np.ndarray | None, str | None]], batch_size: int,
+                on_batch: Callable[[list[int], np.ndarray], None],
+                on_skip: Callable[[int, str], None]) -> None:
+    """Group decoded images into full batches and run the network on each."""
+    positions: list[int] = []
+    images: list[np.ndarray] = []
+    for position, image, error in items:
+        if image is None:
+            on_skip(position, error or "unreadable")
+            continue
+        positions.append(position)
+        images.append(image)
+        if len(images) == batch_size:
+            on_batch(positions, runner(np.stack(images)))
+            positions, images = [], []
+    if images:
+        on_batch(positions, runner(np.stack(images)))
+
+
+def compute_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cache: BottleneckCache, *,
+                        runtime: str | RuntimeChoice = "auto", precision: str = "auto",
+                        batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
+                        progress: bool = True, runner: Runner | None = None) -> Bottlenecks:
+    """Bottleneck vectors for ``records``: cached ones read, the rest computed and cached.
+
+    The network is only built when at least one image misses the cache.
+    Unusable images are skipped and returned in ``skipped`` with a reason.
+    """
+    start = time.perf_counter()
+    choice = runtime if isinstance(runtime, RuntimeChoice) else resolve_runtime(runtime, precision)
+    extractor = extractor_fingerprint(backbone, choice)
+    cache.register_extractor(extractor, {**backbone.describe(), "runtime": choice.runtime,
+                                         "precision": choice.precision,
+                                         "preprocessing": backbone.preprocessing.to_dict()})
+    found = cache.get_many(extractor, [r.sha256 for r in records])
+    vectors: dict[str, np.ndarray] = dict(found)
+    misses: list[ImageRecord] = []
+    seen: set[str] = set()
+    for record in records:
+        if record.sha256 not in vectors and record.sha256 not in seen:
+            seen.add(record.sha256)
+            misses.append(record)
+    cached = len(records) - len(misses)
+    skipped: list[SkippedImage] = []
+    if misses:
+        log.info("%d of %d bottlenecks cached; computing %d with %s (%s)", cached, len(records), len(misses),
+                 backbone.name, choice.key)
+        if runner is None:
+            runner = create_runner(backbone, choice, cache.directory / "models")
+        with Progress(len(misses), "Bottlenecks", unit="img", enabled=progress) as bar:
+
+            def store(positions: list[int], batch: np.ndarray) -> None:
+                items = [(misses[p].sha256, batch[i]) for i, p in enumerate(positions)]
+                cache.put_many(extractor, items)
+                vectors.update(items)
+                bar.update(len(positions))
+
+            def skip(position: int, reason: str) -> None:
+                record = misses[position]
+                skipped.append(SkippedImage(record.path, reason))
+                if len(skipped) <= MAX_SKIP_WARNINGS:
+                    log.warning("skipping %s: %s", record.path, reason)
+                bar.update(1)
+
+            paths = [r.path for r in misses]
+            run_batches(runner, decode_ahead(paths, backbone.preprocessing, batch_size,
+                                             workers or default_workers()), batch_size, store, skip)
+    else:
+        log.info("all %d bottlenecks cached (%s, %s): the network is not run", len(records), backbone.name,
+                 choice.key)
+    kept = tuple(r for r in records if r.sha256 in vectors)
+    if not kept:
+        raise HeadstartError("no image could be turned into a bottleneck",
+                             hint="check the skipped images listed above")
+    matrix = np.stack([vectors[r.sha256] for r in kept]).astype(np.float32, copy=False)
+    return Bottlenecks(kept, matrix, tuple(skipped), len(misses) - len(skipped), cached,
+                       time.perf_counter() - start, extractor, choice)

@@ -1,0 +1,664 @@
+"""The trained last layer: a softmax classifier on bottleneck vectors, in pure numpy.
+
+Why numpy and not torch: retraining from cached bottlenecks must start in well
+under a second, and a trained head must run (evaluate, export) where torch is
+absent.  A softmax layer on 1280 features is a few small matrix products per
+step, so hand-written float32 forward/backward passes are as fast as anything.
+
+The defaults reproduce TensorFlow's ``retrain.py`` exactly (recipe, not random
+stream): one dense softmax layer, weights from a truncated normal (stddev
+0.001), zero bias, mean softmax cross-entropy, plain gradient descent at 0.01,
+4000 steps of 100 bottlenecks drawn at random *with replacement* the way
+``get_random_cached_bottlenecks`` draws them (a uniformly random class, then a
+uniformly random example of that class), an evaluation every 10 steps and at
+the last one, on the training batch just used and on 100 random validation
+examples (``-1`` = all of them).
+
+Weights are stored ``[in, out]`` (``X @ W + b``), float32, under the names
+``hidden.weight``, ``hidden.bias`` (only with ``hidden_units > 0``),
+``final.weight``, ``final.bias`` and ``standardize.mean``, ``standardize.std``
+(only with ``standardize=True``).  The inference graph is::
+
+    x = (x - mean) / std            # standardize=True
+    x = relu(x @ W_h + b_h)         # hidden_units > 0 (dropout only in training)
+    p = softmax(x @ W + b)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from headstart.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HeadStateError", "NotFittedError", "SoftmaxHead", "TrainStep"]
+
+OPTIMIZERS = ("sgd", "momentum", "adam")
+STATE_FORMAT = "headstart.softmax_head"
+STATE_VERSION = 1
+_MOMENTUM = 0.9
+_ADAM_BETA1, _ADAM_BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
+_PREDICT_CHUNK = 8192  # rows per forward pass at inference: bounds memory with a hidden layer
+
+
+class NotFittedError(RuntimeError):
+    """The head was used before ``fit`` (or ``from_state``) gave it weights."""
+
+
+class HeadStateError(ModelError, ValueError):
+    """Saved head tensors or config do not fit together.
+
+    A :class:`~headstart.errors.ModelError` so the CLI reports it in one line, and a
+    ``ValueError`` for library callers.
+    """
+
+
+@dataclass(frozen=True)
+class TrainStep:
+    """One row of training history (retrain.py's periodic log lines).
+
+    ``step`` is the 0-based index of the training step just taken, as retrain.py
+    prints it: rows come at steps 0, ``eval_step_interval``, 2·interval, … and at
+    the last step (``how_many_training_steps - 1``).  Accuracies are fractions in
+    [0, 1] measured *after* that step's update, on that step's training batch and
+    on the validation batch.  Validation fields are ``None`` without a validation
+    set.  A row whose ``cross_entropy`` is NaN marks divergence (see
+    :attr:`SoftmaxHead.diverged_`); its accuracies are those of the kept weights.
+    """
+
+    step: int
+    train_accuracy: float
+    cross_entropy: float
+    validation_accuracy: float | None
+    validation_cross_entropy: float | None
+
+
+Weights = dict[str, np.ndarray]
+
+
+class SoftmaxHead:
+    """A softmax layer (optionally behind one ReLU layer) trained on bottleneck vectors.
+
+    Follows the scikit-learn estimator contract: ``__init__`` only stores
+    parameters, :meth:`fit` returns ``self``, fitted state ends in ``_``,
+    ``predict_proba`` columns follow ``classes_`` (``np.arange(n_classes)``).
+
+    Parameters
+    ----------
+    n_classes: number of output classes; ``None`` = ``y.max() + 1``.
+    hidden_units: ``0`` = retrain.py's single softmax layer; ``>0`` adds a ReLU
+        layer (He-normal init) before it.
+    dropout: inverted dropout, in training only, on the softmax layer's input: the
+        hidden activations, or without a hidden layer the bottleneck itself (as
+        make_image_classifier does).  ``0`` = retrain.py.
+    optimizer: ``"sgd"``, ``"momentum"`` (0.9) or ``"adam"`` (0.9/0.999, eps 1e-8,
+        TensorFlow's formulation with the bias correction folded into the step).
+    learning_rate, train_batch_size (``-1`` = the whole training set every step),
+    how_many_training_steps, eval_step_interval, validation_batch_size (``-1`` =
+    the whole validation set): retrain.py's flags, same meaning.
+    weight_decay: L2 penalty ``weight_decay / 2 * ||W||²`` on weight matrices (not
+        biases), so each step's gradient gains ``weight_decay * W``.  Not included
+        in the reported cross entropy (retrain.py's number).
+    standardize: learn per-feature mean/std on the training set and apply them
+        inside the head, so the exported model carries them.
+    seed: seeds initialisation, batch sampling and dropout (``np.random.default_rng``);
+        validation sampling uses an independent stream, so watching a validation
+        set never changes the trained weights.
+
+    Fitted attributes: ``classes_``, ``n_features_in_``, ``weights_`` (name ->
+    float32 array), ``feature_mean_`` / ``feature_std_`` (``None`` unless
+    ``standardize``), ``history_`` (list of :class:`TrainStep`), ``diverged_``,
+    ``n_steps_run_`` (steps run, the one that diverged included), ``fit_seconds_``.
+    """
+
+    def __init__(self, n_classes: int | None = None, hidden_units: int = 0, dropout: float = 0.0,
+                 optimizer: str = "sgd", learning_rate: float = 0.01, train_batch_size: int = 100,
+                 how_many_training_steps: int = 4000, weight_decay: float = 0.0,
+                 eval_step_interval: int = 10, validation_batch_size: int = 100,
+                 standardize: bool = False, seed: int = 0) -> None:
+        self.n_classes = n_classes
+        self.hidden_units = hidden_units
+        self.dropout = dropout
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.train_batch_size = train_batch_size
+        self.how_many_training_steps = how_many_training_steps
+        self.weight_decay = weight_decay
+        self.eval_step_interval = eval_step_interval
+        self.validation_batch_size = validation_batch_size
+        self.standardize = standardize
+        self.seed = seed
+
+    # ------------------------------------------------------------------ sklearn API
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """Constructor parameters (lets ``sklearn.base.clone`` and grid searches work)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> "SoftmaxHead":
+        valid = set(self._param_names())
+        for name, value in params.items():
+            if name not in valid:
+                raise ValueError(f"invalid parameter {name!r} for SoftmaxHead; valid: {sorted(valid)}")
+            setattr(self, name, value)
+        return self
+
+    def __repr__(self) -> str:
+        defaults = SoftmaxHead().get_params()
+        changed = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items() if v != defaults[k])
+        return f"SoftmaxHead({changed})"
+
+    # ------------------------------------------------------------------ training
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None,
+            callback: Callable[[TrainStep], None] | None = None) -> "SoftmaxHead":
+        """Train on bottlenecks ``X`` [N, F] with integer labels ``y`` [N].
+
+        ``callback`` gets each :class:`TrainStep` as it is logged (every
+        ``eval_step_interval`` steps and at the last step).  If the loss or the
+        weights stop being finite, training stops without raising: ``diverged_``
+        is set, a NaN-cross-entropy row ends ``history_``, and the head keeps the
+        last weights that gave a finite training loss, so it stays usable.
+        """
+        start = time.perf_counter()
+        self._check_params()
+        X = _as_features(X, "X")
+        y = _as_labels(y, "y", len(X))
+        if len(X) == 0:
+            raise ValueError("X has no rows: need training examples")
+        n_classes = int(y.max()) + 1 if self.n_classes is None else int(self.n_classes)
+        if n_classes < 2 or len(np.unique(y)) < 2:
+            raise ValueError(f"need at least 2 classes to train a classifier, y has "
+                             f"{len(np.unique(y))} distinct label(s)")
+        _check_label_range(y, "y", n_classes)
+        has_val = X_val is not None or y_val is not None
+        if has_val:
+            if X_val is None or y_val is None:
+                raise ValueError("give both X_val and y_val, or neither")
+            X_val = _as_features(X_val, "X_val", X.shape[1])
+            y_val = _as_labels(y_val, "y_val", len(X_val))
+            _check_label_range(y_val, "y_val", n_classes)
+            if len(X_val) == 0:
+                has_val = False
+
+        mean = std = None
+        if self.standardize:
+            mean = X.mean(axis=0, dtype=np.float64).astype(np.float32)
+            std64 = X.std(axis=0, dtype=np.float64)
+            std = np.where(std64 > 1e-6, std64, 1.0).astype(np.float32)  # constant feature: leave as is
+            X = (X - mean) / std
+            if has_val:
+                X_val = (X_val - mean) / std
+
+        # Overflow is expected while a run diverges; it is detected and reported, not warned about.
+        with _single_blas_thread(), np.errstate(over="ignore", invalid="ignore"):
+            weights, history, diverged, steps_run = self._train(X, y, X_val if has_val else None,
+                                                                y_val if has_val else None,
+                                                                n_classes, callback)
+
+        self.classes_ = np.arange(n_classes)
+        self.n_features_in_ = int(X.shape[1])
+        self.weights_ = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()}
+        self.feature_mean_ = mean
+        self.feature_std_ = std
+        self.history_ = history
+        self.diverged_ = diverged
+        self.n_steps_run_ = steps_run
+        self.fit_seconds_ = time.perf_counter() - start
+        log.debug("SoftmaxHead.fit: %d steps in %.3fs", self.n_steps_run_, self.fit_seconds_)
+        return self
+
+    def _train(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None,
+               n_classes: int, callback: Callable[[TrainStep], None] | None,
+               ) -> tuple[Weights, list[TrainStep], bool, int]:
+        """The retrain.py loop: sample, step, and every ``eval_step_interval`` steps evaluate.
+
+        Returns the kept weights, the history, whether training diverged and how many
+        steps ran.  "Diverged" means a non-finite training loss or weight; the kept
+        weights are then the last ones that gave a finite training loss.
+        """
+        rng = np.random.default_rng(self.seed)
+        val_rng = np.random.default_rng(np.random.SeedSequence(self.seed).spawn(1)[0])
+        hidden = int(self.hidden_units)
+        weights = _init_weights(rng, X.shape[1], hidden, n_classes)
+        optimizer = _Optimizer(self.optimizer, float(self.learning_rate), weights)
+        train_sampler = _ClassBalancedSampler(y)
+        val_sampler = _ClassBalancedSampler(y_val) if y_val is not None else None
+        batch = int(self.train_batch_size)
+        dropout = float(self.dropout)
+        wd = float(self.weight_decay)
+        steps = int(self.how_many_training_steps)
+        interval = int(self.eval_step_interval)
+
+        def evaluate(w: Weights, Xb: np.ndarray, yb: np.ndarray, step: int) -> TrainStep:
+            train_acc, train_ce = _accuracy_and_cross_entropy(w, Xb, yb)
+            val_acc = val_ce = None
+            if val_sampler is not None:
+                assert X_val is not None and y_val is not None
+                Xv, yv = X_val, y_val
+                if self.validation_batch_size != -1:
+                    idx = val_sampler.sample(val_rng, int(self.validation_batch_size))
+                    Xv, yv = X_val[idx], y_val[idx]
+                val_acc, val_ce = _accuracy_and_cross_entropy(w, Xv, yv)
+            return TrainStep(step, train_acc, train_ce, val_acc, val_ce)
+
+        history: list[TrainStep] = []
+        good = weights  # the last weights that gave a finite training loss
+        Xb, yb = X, y
+        for step in range(steps):
+            if batch != -1:
+                idx = train_sampler.sample(rng, batch)
+                Xb, yb = X[idx], y[idx]
+            keep = None
+            if dropout > 0:
+                mask = rng.random((len(Xb), hidden or X.shape[1]), dtype=np.float32) >= dropout
+                keep = mask.astype(np.float32) / np.float32(1.0 - dropout)
+            loss, grads = _loss_and_grads(weights, Xb, yb, wd, keep)
+            if not math.isfinite(loss):
+                break
+            good = weights
+            weights = optimizer.update(weights, grads)
+            if not all(np.isfinite(w).all() for w in weights.values()):
+                break
+            if step % interval == 0 or step == steps - 1:
+                row = evaluate(weights, Xb, yb, step)
+                if not math.isfinite(row.cross_entropy):
+                    break
+                good = weights
+                history.append(row)
+                if callback is not None:
+                    callback(row)
+        else:
+            return weights, history, False, steps
+
+        row = evaluate(good, Xb, yb, step)
+        row = TrainStep(step, row.train_accuracy, math.nan, row.validation_accuracy,
+                        row.validation_cross_entropy)
+        history.append(row)
+        if callback is not None:
+            callback(row)
+        log.warning("Training diverged at step %d (loss or weights not finite); kept the last "
+                    "weights with a finite loss. Try a lower learning_rate.", step)
+        return good, history, True, step + 1
+
+    def _check_params(self) -> None:
+        """Validate hyperparameters at fit time (scikit-learn style: never in __init__)."""
+        problems = []
+        if self.n_classes is not None and not (_is_int(self.n_classes) and self.n_classes >= 2):
+            problems.append(f"n_classes must be None or an integer >= 2, got {self.n_classes!r}")
+        if not (_is_int(self.hidden_units) and self.hidden_units >= 0):
+            problems.append(f"hidden_units must be an integer >= 0, got {self.hidden_units!r}")
+        if not (0.0 <= self.dropout < 1.0):
+            problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            problems.append(f"learning_rate must be > 0, got {self.learning_rate!r}")
+        for name in ("train_batch_size", "validation_batch_size"):
+            value = getattr(self, name)
+            if not (_is_int(value) and (value == -1 or value >= 1)):
+                problems.append(f"{name} must be -1 (all) or an integer >= 1, got {value!r}")
+        for name in ("how_many_training_steps", "eval_step_interval"):
+            value = getattr(self, name)
+            if not (_is_int(value) and value >= 1):
+                problems.append(f"{name} must be an integer >= 1, got {value!r}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            problems.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not _is_int(self.seed):
+            problems.append(f"seed must be an integer, got {self.seed!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    # ------------------------------------------------------------------ inference
+    def logits(self, X: Any) -> np.ndarray:
+        """Pre-softmax scores, float32 [N, n_classes]."""
+        self._check_fitted()
+        X = _as_features(X, "X", self.n_features_in_)
+        out = np.empty((len(X), len(self.classes_)), dtype=np.float32)
+        for lo in range(0, len(X), _PREDICT_CHUNK):
+            chunk = X[lo:lo + _PREDICT_CHUNK]
+            if self.feature_mean_ is not None:
+                chunk = (chunk - self.feature_mean_) / self.feature_std_
+            out[lo:lo + _PREDICT_CHUNK] = _logits(self.weights_, chunk)
+        return out
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, float32 [N, n_classes]; columns follow ``classes_``."""
+        scores = self.logits(X)
+        with np.errstate(over="ignore"):  # z - max may round to -inf: probability 0, as it should
+            return np.exp(_log_softmax(scores))
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable class of each row (ties: the lowest class index)."""
+        scores = self.logits(X)
+        return self.classes_[np.argmax(scores, axis=1)]
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "weights_"):
+            raise NotFittedError("this SoftmaxHead is not fitted yet: call fit(X, y) first, "
+                                 "or load one with SoftmaxHead.from_state()")
+
+    # ------------------------------------------------------------------ persistence
+    def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Float32 tensors and a JSON-able config: everything ``from_state`` needs.
+
+        The config also records the training hyperparameters and outcome, for the
+        bundle's manifest; ``history_`` is not saved.
+        """
+        self._check_fitted()
+        tensors = {k: v.copy() for k, v in self.weights_.items()}
+        if self.feature_mean_ is not None:
+            tensors["standardize.mean"] = self.feature_mean_.copy()
+            tensors["standardize.std"] = self.feature_std_.copy()
+        hidden = int(self.weights_["hidden.bias"].shape[0]) if "hidden.bias" in self.weights_ else 0
+        config: dict[str, Any] = {
+            "format": STATE_FORMAT,
+            "format_version": STATE_VERSION,
+            "n_features": int(self.n_features_in_),
+            "n_classes": int(len(self.classes_)),
+            "hidden_units": hidden,
+            "activation": "relu" if hidden else None,
+            "standardize": self.feature_mean_ is not None,
+            "weight_layout": "in_out",
+            "diverged": bool(self.diverged_),
+            "n_steps_run": int(self.n_steps_run_),
+            "params": _jsonable(self.get_params()),
+        }
+        return tensors, config
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, np.ndarray], config: dict[str, Any]) -> "SoftmaxHead":
+        """Rebuild a fitted head from :meth:`to_state` output, checking every tensor.
+
+        Raises :class:`HeadStateError` (a ``ValueError``) naming the tensor or config
+        key that does not match, so a damaged or mismatched bundle fails loudly
+        instead of predicting garbage.
+        """
+        if config.get("format", STATE_FORMAT) != STATE_FORMAT:
+            raise HeadStateError(f"config format is {config.get('format')!r}, expected {STATE_FORMAT!r}")
+        if config.get("format_version", STATE_VERSION) > STATE_VERSION:
+            raise HeadStateError(f"config format_version {config['format_version']} is newer than "
+                                 f"this headstart understands ({STATE_VERSION})", hint="upgrade headstart")
+        for key in ("n_features", "n_classes", "hidden_units", "standardize"):
+            if key not in config:
+                raise HeadStateError(f"head config lacks {key!r}")
+        n_features, n_classes, hidden = config["n_features"], config["n_classes"], config["hidden_units"]
+        if not (_is_int(n_features) and n_features >= 1):
+            raise HeadStateError(f"config n_features must be an integer >= 1, got {n_features!r}")
+        if not (_is_int(n_classes) and n_classes >= 2):
+            raise HeadStateError(f"config n_classes must be an integer >= 2, got {n_classes!r}")
+        if not (_is_int(hidden) and hidden >= 0):
+            raise HeadStateError(f"config hidden_units must be an integer >= 0, got {hidden!r}")
+        activation = config.get("activation", "relu" if hidden else None)
+        if activation != ("relu" if hidden else None):
+            raise HeadStateError(f"config activation {activation!r} is not supported with "
+                                 f"hidden_units={hidden}")
+        layout = config.get("weight_layout", "in_out")
+        if layout != "in_out":
+            raise HeadStateError(f"config weight_layout {layout!r} is not supported (expected 'in_out')")
+
+        expected: dict[str, tuple[int, ...]] = {}
+        if hidden:
+            expected["hidden.weight"] = (n_features, hidden)
+            expected["hidden.bias"] = (hidden,)
+        expected["final.weight"] = (hidden or n_features, n_classes)
+        expected["final.bias"] = (n_classes,)
+        if config["standardize"]:
+            expected["standardize.mean"] = (n_features,)
+            expected["standardize.std"] = (n_features,)
+        for name in tensors:
+            if name not in expected:
+                raise HeadStateError(f"unexpected tensor {name!r} for this head config "
+                                     f"(expected {', '.join(expected)})")
+        loaded: dict[str, np.ndarray] = {}
+        for name, shape in expected.items():
+            if name not in tensors:
+                raise HeadStateError(f"missing tensor {name!r}")
+            value = np.array(tensors[name], dtype=np.float32, copy=True)
+            if value.shape != shape:
+                raise HeadStateError(f"tensor {name!r} has shape {value.shape}, expected {shape} "
+                                     f"(n_features={n_features}, n_classes={n_classes}, "
+                                     f"hidden_units={hidden})")
+            if not np.isfinite(value).all():
+                raise HeadStateError(f"tensor {name!r} contains NaN or infinity")
+            loaded[name] = value
+        if config["standardize"] and not (loaded["standardize.std"] > 0).all():
+            raise HeadStateError("tensor 'standardize.std' has values <= 0")
+
+        known = set(cls._param_names())
+        params = {k: v for k, v in config.get("params", {}).items() if k in known}
+        # The tensors decide the architecture; the rest of params is provenance.
+        head = cls(**{**params, "hidden_units": hidden, "standardize": bool(config["standardize"])})
+        head.classes_ = np.arange(n_classes)
+        head.n_features_in_ = n_features
+        head.feature_mean_ = loaded.pop("standardize.mean", None)
+        head.feature_std_ = loaded.pop("standardize.std", None)
+        head.weights_ = loaded
+        head.history_ = []
+        head.diverged_ = bool(config.get("diverged", False))
+        head.n_steps_run_ = int(config.get("n_steps_run", 0))
+        head.fit_seconds_ = 0.0
+        return head
+
+
+# ---------------------------------------------------------------------- the math
+def _single_blas_thread() -> contextlib.AbstractContextManager[Any]:
+    """Limit BLAS to one thread while training, when threadpoolctl is installed.
+
+    A training step multiplies matrices of ~100 x 1280 x 10: too small to split.
+    Two BLAS threads spinning on a busy 2-core machine made 4000 steps up to 5x
+    slower than one thread; even large hidden layers ran faster on one thread there.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: only speed depends on it
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _truncated_normal(rng: np.random.Generator, shape: tuple[int, ...], stddev: float) -> np.ndarray:
+    """tf.truncated_normal: normal draws beyond 2 standard deviations are re-drawn."""
+    out = rng.standard_normal(shape, dtype=np.float32)
+    bad = np.abs(out) > 2.0
+    while bad.any():
+        out[bad] = rng.standard_normal(int(bad.sum()), dtype=np.float32)
+        bad = np.abs(out) > 2.0
+    return out * np.float32(stddev)
+
+
+def _init_weights(rng: np.random.Generator, n_features: int, hidden: int, n_classes: int) -> Weights:
+    """He-normal ReLU layer (if any), then retrain.py's final layer: N(0, 0.001) truncated, zero bias."""
+    weights: Weights = {}
+    fan_in = n_features
+    if hidden:
+        scale = np.float32(math.sqrt(2.0 / n_features))
+        weights["hidden.weight"] = rng.standard_normal((n_features, hidden), dtype=np.float32) * scale
+        weights["hidden.bias"] = np.zeros(hidden, dtype=np.float32)
+        fan_in = hidden
+    weights["final.weight"] = _truncated_normal(rng, (fan_in, n_classes), 0.001)
+    weights["final.bias"] = np.zeros(n_classes, dtype=np.float32)
+    return weights
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    """Row-wise log softmax, stable for any finite logits (the max is subtracted first)."""
+    s = z - z.max(axis=1, keepdims=True)
+    return s - np.log(np.exp(s).sum(axis=1, keepdims=True))
+
+
+def _logits(w: Weights, X: np.ndarray) -> np.ndarray:
+    """Inference forward pass (no dropout)."""
+    if "hidden.weight" in w:
+        X = np.maximum(X @ w["hidden.weight"] + w["hidden.bias"], 0)
+    return X @ w["final.weight"] + w["final.bias"]
+
+
+def _accuracy_and_cross_entropy(w: Weights, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    z = _logits(w, X)
+    logp = _log_softmax(z)
+    accuracy = float(np.mean(np.argmax(z, axis=1) == y))
+    cross_entropy = -float(logp[np.arange(len(y)), y].mean(dtype=np.float64))
+    return accuracy, cross_entropy
+
+
+def _loss_and_grads(w: Weights, X: np.ndarray, y: np.ndarray, weight_decay: float = 0.0,
+                    keep: np.ndarray | None = None) -> tuple[float, Weights]:
+    """Mean softmax cross-entropy of a batch and the gradients of the training objective.
+
+    The objective is ``cross_entropy + weight_decay / 2 * sum(||W||²)`` over weight
+    matrices; the returned loss is the cross entropy alone (what retrain.py logs).
+    ``keep`` is the dropout mask already scaled by ``1 / (1 - dropout)`` (inverted
+    dropout) for the softmax layer's input (hidden activations or X), or ``None``.  Works in the dtype of its
+    inputs, which lets the tests check it against finite differences in float64.
+    """
+    n = len(y)
+    rows = np.arange(n)
+    hidden = "hidden.weight" in w
+    if hidden:
+        pre = X @ w["hidden.weight"] + w["hidden.bias"]
+        h = np.maximum(pre, 0)
+        if keep is not None:
+            h *= keep
+    else:
+        h = X if keep is None else X * keep
+    z = h @ w["final.weight"] + w["final.bias"]
+    logp = _log_softmax(z)
+    loss = -float(logp[rows, y].mean(dtype=np.float64))
+
+    dz = np.exp(logp)  # d(mean CE)/dz = (softmax - onehot) / n
+    dz[rows, y] -= 1
+    dz /= n
+    grads: Weights = {"final.weight": h.T @ dz, "final.bias": dz.sum(axis=0)}
+    if hidden:
+        dh = dz @ w["final.weight"].T
+        if keep is not None:
+            dh *= keep
+        dh *= pre > 0
+        grads["hidden.weight"] = X.T @ dh
+        grads["hidden.bias"] = dh.sum(axis=0)
+    if weight_decay:
+        for name in grads:
+            if name.endswith(".weight"):
+                grads[name] += weight_decay * w[name]
+    return loss, grads
+
+
+class _Optimizer:
+    """SGD, momentum or Adam, as TensorFlow 1's optimizers define them.
+
+    ``update`` returns *new* arrays instead of changing the old ones in place, so
+    the caller can keep the previous weights when a step diverges.
+    """
+
+    def __init__(self, kind: str, learning_rate: float, weights: Weights) -> None:
+        self.kind = kind
+        self.lr = learning_rate
+        self.t = 0
+        self.m = {k: np.zeros_like(v) for k, v in weights.items()} if kind != "sgd" else {}
+        self.v = {k: np.zeros_like(v) for k, v in weights.items()} if kind == "adam" else {}
+
+    def update(self, weights: Weights, grads: Weights) -> Weights:
+        self.t += 1
+        lr = self.lr
+        if self.kind == "sgd":
+            return {k: w - lr * grads[k] for k, w in weights.items()}
+        if self.kind == "momentum":  # accum = 0.9 * accum + g; w -= lr * accum
+            new = {}
+            for k, w in weights.items():
+                m = self.m[k]
+                m *= _MOMENTUM
+                m += grads[k]
+                new[k] = w - lr * m
+            return new
+        # Adam, TF form: lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t); w -= lr_t * m / (sqrt(v) + eps)
+        lr_t = lr * math.sqrt(1.0 - _ADAM_BETA2 ** self.t) / (1.0 - _ADAM_BETA1 ** self.t)
+        new = {}
+        for k, w in weights.items():
+            g, m, v = grads[k], self.m[k], self.v[k]
+            m *= _ADAM_BETA1
+            m += (1.0 - _ADAM_BETA1) * g
+            v *= _ADAM_BETA2
+            v += (1.0 - _ADAM_BETA2) * (g * g)
+            new[k] = w - lr_t * m / (np.sqrt(v) + _ADAM_EPS)
+        return new
+
+
+class _ClassBalancedSampler:
+    """retrain.py's ``get_random_cached_bottlenecks``: each draw picks a class uniformly
+    (among the classes present), then an example of that class uniformly, with
+    replacement.  Rare classes are therefore seen as often as common ones."""
+
+    def __init__(self, y: np.ndarray) -> None:
+        self.order = np.argsort(y, kind="stable")
+        _, self.starts, self.counts = np.unique(y[self.order], return_index=True, return_counts=True)
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        cls = rng.integers(0, len(self.counts), size=n)
+        offsets = rng.integers(0, self.counts[cls])
+        return self.order[self.starts[cls] + offsets]
+
+
+# ---------------------------------------------------------------------- input checks
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _as_features(X: Any, name: str, n_features: int | None = None) -> np.ndarray:
+    """A C-contiguous float32 [N, F] array of finite values, or a ValueError saying what is wrong."""
+    arr = np.asarray(X)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D array [n_samples, n_features], got shape {arr.shape}")
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating)
+                                     or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    if n_features is not None and arr.shape[1] != n_features:
+        raise ValueError(f"{name} has {arr.shape[1]} features, the head expects {n_features}")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{name} has no features")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} contains NaN or infinity (or values too large for float32)")
+    return arr
+
+
+def _as_labels(y: Any, name: str, n_rows: int) -> np.ndarray:
+    arr = np.asarray(y)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of class indices, got shape {arr.shape}")
+    if arr.dtype == np.bool_ or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{name} must hold integer class indices, got dtype {arr.dtype}")
+    if len(arr) != n_rows:
+        raise ValueError(f"{name} has {len(arr)} labels but there are {n_rows} feature rows")
+    return arr.astype(np.intp)
+
+
+def _check_label_range(y: np.ndarray, name: str, n_classes: int) -> None:
+    if len(y) and (y.min() < 0 or y.max() >= n_classes):
+        raise ValueError(f"{name} holds labels outside [0, {n_classes}): min {y.min()}, max {y.max()}")
+
+
+def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
+    """Plain Python scalars, so json.dumps never meets a numpy type."""
+    out: dict[str, Any] = {}
+    for k, v in params.items():
+        if isinstance(v, (bool, np.bool_)):
+            out[k] = bool(v)
+        elif isinstance(v, (int, np.integer)):
+            out[k] = int(v)
+        elif isinstance(v, (float, np.floating)):
+            out[k] = float(v)
+        else:
+            out[k] = v
+    return out

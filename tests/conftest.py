@@ -1,0 +1,86 @@
+"""Shared fixtures: real photos (scikit-image samples) and small real image files."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, np.ndarray]:
+    """scikit-image's sample photos as RGB uint8 arrays."""
+    import skimage.data
+
+    return {
+        "chelsea": skimage.data.chelsea(),  # 451x300 cat
+        "coffee": skimage.data.coffee(),  # 600x400 espresso
+        "astronaut": skimage.data.astronaut(),  # 512x512
+    }
+
+
+@pytest.fixture
+def prep():
+    """The EfficientNet/ImageNet default: 224 px, crop 0.875, bicubic."""
+    from headstart.data import Preprocessing
+
+    return Preprocessing(224, 0.875, "bicubic", IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _encode(array: np.ndarray | Image.Image, fmt: str, **save_args) -> bytes:
+    img = array if isinstance(array, Image.Image) else Image.fromarray(array)
+    buf = io.BytesIO()
+    img.save(buf, fmt, **save_args)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def encode() -> Callable[..., bytes]:
+    """``encode(array_or_pil_image, "PNG", **save_args)``: image bytes made by PIL, in memory."""
+    return _encode
+
+
+_FORMAT_BY_EXT = {
+    ".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".gif": "GIF",
+    ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
+}
+
+
+@pytest.fixture
+def write_image() -> Callable[..., Path]:
+    """``write_image(path, seed=0, size=8)``: a small, real image whose bytes
+    differ per seed (random pixels), encoded as its extension says."""
+    counter = iter(range(10**6, 2 * 10**6))
+
+    def write(path: Path, seed: int | None = None, size: int = 8) -> Path:
+        rng = np.random.default_rng(next(counter) if seed is None else seed)
+        pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(_encode(pixels, _FORMAT_BY_EXT[path.suffix.lower()]))
+        return path
+
+    return write
+
+
+@pytest.fixture
+def make_image_dir(tmp_path: Path, write_image) -> Callable[..., Path]:
+    """``make_image_dir({"cat": 25, "dog": 25}, name="images")``: class folders
+    of distinct small PNGs named ``<i>.png``."""
+
+    def make(classes: dict[str, int], name: str = "images") -> Path:
+        root = tmp_path / name
+        root.mkdir()
+        for label, n in classes.items():
+            (root / label).mkdir()
+            for i in range(n):
+                write_image(root / label / f"{i}.png")
+        return root
+
+    return make
