@@ -84,3 +84,45 @@ def make_image_dir(tmp_path: Path, write_image) -> Callable[..., Path]:
         return root
 
     return make
+
+
+# ---------------------------------------------------------------- real labelled data and a trained run
+# Session-scoped so that the network runs once per test session: every test
+# below shares one bottleneck cache, as users' runs do.
+
+
+@pytest.fixture(scope="session")
+def shared_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One bottleneck cache (and converted-model store) for the whole session."""
+    return tmp_path_factory.mktemp("bottlenecks")
+
+
+@pytest.fixture(scope="session")
+def fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """30 real Fashion-MNIST training images per class, written as class folders of PNGs."""
+    from headstart.datasets import write_fashion_mnist
+
+    out = tmp_path_factory.mktemp("fashion") / "train"
+    write_fashion_mnist(out, per_class=30)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fashion_holdout_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 Fashion-MNIST test-set images per class: never seen in training."""
+    from headstart.datasets import write_fashion_mnist
+
+    out = tmp_path_factory.mktemp("fashion") / "holdout"
+    write_fashion_mnist(out, per_class=10, split="test")
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, fashion_dir: Path, shared_cache_dir: Path):
+    """A real retrain run on ``fashion_dir`` (returns the RetrainResult)."""
+    from headstart.workflow import RetrainConfig, retrain
+
+    out = tmp_path_factory.mktemp("runs") / "fashion"
+    config = RetrainConfig(image_dir=fashion_dir, output_dir=out, bottleneck_dir=shared_cache_dir,
+                           how_many_training_steps=300, progress=False)
+    return retrain(config)
