@@ -59,6 +59,11 @@ def _lite(index: int, size: int, crop: float, params: float, top1: float) -> Bac
     )
 
 
+def _imagenet(size: int, crop: float) -> Preprocessing:
+    return Preprocessing(size, crop, "bicubic", _IMAGENET_MEAN, _IMAGENET_STD)
+
+
+# Preprocessing copied from timm's pretrained configs (a test keeps them in sync).
 # Top-1 figures: Google's EfficientNet-Lite release notes for the Lite family,
 # timm's published results table for the others.
 _SPECS = [
@@ -66,14 +71,17 @@ _SPECS = [
     _lite(1, 240, 0.882, 5.42, 76.7),
     _lite(2, 260, 0.890, 6.09, 77.6),
     BackboneSpec("mobilenet_v3_large", "mobilenetv3_large_100", "MobileNetV3-Large 1.0 (timm, needs download)",
-                 5.48, 75.8, 1280),
-    BackboneSpec("mobilenet_v2", "mobilenetv2_100", "MobileNetV2 1.0 (timm, needs download)", 3.50, 73.0, 1280),
+                 5.48, 75.8, 1280, _imagenet(224, 0.875)),
+    BackboneSpec("mobilenet_v2", "mobilenetv2_100", "MobileNetV2 1.0 (timm, needs download)", 3.50, 73.0, 1280,
+                 _imagenet(224, 0.875)),
     BackboneSpec("inception_v3", "inception_v3", "Inception-v3, retrain.py's original backbone (timm, needs download)",
-                 23.83, 77.3, 2048),
-    BackboneSpec("efficientnet_b0", "efficientnet_b0", "EfficientNet-B0 (timm, needs download)", 5.29, 77.7, 1280),
-    BackboneSpec("resnet50", "resnet50", "ResNet-50 A1 recipe (timm, needs download)", 25.56, 80.4, 2048),
+                 23.83, 77.3, 2048, Preprocessing(299, 0.875, "bicubic", _HALF, _HALF)),
+    BackboneSpec("efficientnet_b0", "efficientnet_b0", "EfficientNet-B0 (timm, needs download)", 5.29, 77.7, 1280,
+                 _imagenet(224, 0.875)),
+    BackboneSpec("resnet50", "resnet50", "ResNet-50 A1 recipe (timm, needs download)", 25.56, 80.4, 2048,
+                 _imagenet(224, 0.95)),
     BackboneSpec("convnext_tiny", "convnext_tiny", "ConvNeXt-Tiny, IN-12k pretrained (timm, needs download)",
-                 28.59, 84.2, 768),
+                 28.59, 84.2, 768, _imagenet(224, 0.95)),
 ]
 REGISTRY: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
 
@@ -149,8 +157,7 @@ def _timm_preprocessing(timm_name: str) -> Preprocessing:
         cfg = None
     if cfg is None:
         raise _unknown(timm_name)
-    size = cfg.test_input_size or cfg.input_size
-    return Preprocessing(int(size[-1]), float(cfg.test_crop_pct or cfg.crop_pct), str(cfg.interpolation),
+    return Preprocessing(int(cfg.input_size[-1]), float(cfg.crop_pct), str(cfg.interpolation),
                          tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std))  # type: ignore[arg-type]
 
 
@@ -207,9 +214,30 @@ def _resolve(name: str, weights: str | Path | None) -> Backbone:
     return _resolve_hub(name, timm_name, prep, num_features, spec)
 
 
+HUB_HOST = "huggingface.co"
+_HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _hub_reachable(host: str = HUB_HOST, timeout: float = 3.0) -> bool:
+    """One quick look-up, so an offline machine fails at once instead of after retries."""
+    import os
+    import socket
+
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        return False
+    try:
+        socket.setdefaulttimeout(timeout)
+        socket.getaddrinfo(host, 443)
+        return True
+    except OSError:
+        return False
+    finally:
+        socket.setdefaulttimeout(None)
+
+
 def _resolve_hub(name: str, timm_name: str, prep: Preprocessing, num_features: int | None,
                  spec: BackboneSpec | None) -> Backbone:
-    """Fetch (or find in the Hugging Face cache) timm's pretrained weights file."""
+    """timm's pretrained weights file: from the Hugging Face cache, else downloaded once."""
     import timm
 
     cfg = timm.get_pretrained_cfg(timm_name)
@@ -219,19 +247,30 @@ def _resolve_hub(name: str, timm_name: str, prep: Preprocessing, num_features: i
                          hint="pass --weights PATH with a checkpoint for this architecture")
     from huggingface_hub import hf_hub_download
 
-    last_error: Exception | None = None
-    for filename in ("model.safetensors", "pytorch_model.bin"):
+    def found(path: str) -> Backbone:
+        return Backbone(name, timm_name, prep, Path(path), sha256_path(Path(path)), num_features, spec)
+
+    for filename in _HUB_FILES:
         try:
-            path = Path(hf_hub_download(hub_id, filename=filename))
-            return Backbone(name, timm_name, prep, path, sha256_path(path), num_features, spec)
+            return found(hf_hub_download(hub_id, filename=filename, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not in the local cache
+            continue
+    hint = ("connect to the internet once (the download is cached), or pass --weights PATH with a local "
+            "checkpoint; efficientnet_lite0/1/2 work offline")
+    if not _hub_reachable():
+        raise OfflineError(f"the weights of {name} ({hub_id}) are not cached and {HUB_HOST} cannot be reached",
+                           hint=hint)
+    last_error: Exception | None = None
+    for filename in _HUB_FILES:
+        try:
+            log.info("downloading %s/%s from the Hugging Face Hub", hub_id, filename)
+            return found(hf_hub_download(hub_id, filename=filename))
         except Exception as exc:  # noqa: BLE001 - network, missing file and offline errors all land here
             last_error = exc
             if "EntryNotFound" not in type(exc).__name__:
                 break
     raise OfflineError(f"cannot download the weights of {name} from the Hugging Face Hub ({hub_id}): "
-                       f"{type(last_error).__name__}",
-                       hint="connect to the internet once (the download is cached), or pass --weights PATH "
-                            "with a local checkpoint; efficientnet_lite0/1/2 work offline")
+                       f"{type(last_error).__name__}", hint=hint)
 
 
 def list_backbones() -> list[BackboneInfo]:
@@ -240,11 +279,6 @@ def list_backbones() -> list[BackboneInfo]:
     for spec in REGISTRY.values():
         offline = _package_weights(spec) is not None
         size = spec.preprocessing.input_size if spec.preprocessing else None
-        if size is None:
-            try:
-                size = _timm_preprocessing(spec.timm_name).input_size
-            except UsageError:
-                size = None
         rows.append(BackboneInfo(spec.name, spec.timm_name, spec.params_m, size, spec.num_features,
                                  spec.top1, offline, spec.description))
     return rows

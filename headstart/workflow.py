@@ -24,7 +24,7 @@ from .bundle import Bundle, default_run_dir, load_bundle, save_bundle
 from .cache import BottleneckCache
 from .data import (IMAGE_EXTENSIONS, ImageRecord, Preprocessing, SkippedImage, index_image_dir, sha256_file)
 from .errors import DataError, HeadstartError, ModelError, UsageError
-from .features import Bottlenecks, compute_bottlenecks
+from .features import MAX_SKIP_WARNINGS, Bottlenecks, compute_bottlenecks
 from .head import SoftmaxHead, TrainStep
 from .metrics import Evaluation, evaluate as evaluate_predictions
 from .runtimes import RuntimeChoice, resolve_runtime, available_runtimes
@@ -191,16 +191,17 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
     start = time.perf_counter()
     _check_config(config)
     index = index_image_dir(config.image_dir, config.validation_percentage, config.testing_percentage)
-    for warning in index.warnings:
-        log.warning("%s", warning)
     backbone = resolve_backbone(config.backbone, config.weights, crop_pct=config.crop_pct)
     with open_cache(config.bottleneck_dir) as cache:
         bottlenecks = extract_bottlenecks(index.records, backbone, cache, config)
     skipped = tuple(index.skipped) + bottlenecks.skipped
     if skipped and config.strict:
+        # Name every one (extraction already named its first few), so one run finds them all.
+        for item in index.skipped + bottlenecks.skipped[MAX_SKIP_WARNINGS:]:
+            log.warning("cannot use %s: %s", item.path, item.reason)
         first = skipped[0]
-        raise DataError(f"{len(skipped)} image(s) could not be used, e.g. {first.path}: {first.reason}",
-                        hint="remove or fix them, or drop --strict to skip them")
+        raise DataError(f"--strict: {len(skipped)} image(s) could not be used, e.g. {first.path}: {first.reason}",
+                        hint="fix or remove the files listed above, or drop --strict to skip them")
     bottleneck_s = time.perf_counter() - start
 
     label_ids = {label: i for i, label in enumerate(index.labels)}
@@ -249,6 +250,8 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
                            "score": round(m.score, 6)} for m in misclassified],
         "history": [asdict(step) for step in head.history_],
         "splits": {s: int(len(splits[s][2])) for s in splits},
+        "data": {"image_dir": str(index.root), "testing_percentage": config.testing_percentage,
+                 "validation_percentage": config.validation_percentage},
     }
     tensors, head_config = head.to_state()
     run_dir = Path(config.output_dir) if config.output_dir else default_run_dir()
@@ -347,7 +350,15 @@ def _top_k(proba: np.ndarray, labels: Sequence[str], top_k: int) -> list[tuple[t
 def label(model: str | Path, inputs: Sequence[str | Path], *, top_k: int = 5, bottleneck_dir: str | Path | None = None,
           runtime: str = "auto", precision: str = "auto", weights: str | Path | None = None,
           progress: bool = True) -> LabelResult:
-    """Top-k labels for each image with a retrained model (a run directory)."""
+    """Top-k labels for each image with a retrained model (a run directory or an exported .onnx/.xml file)."""
+    from .deployed import is_exported_model
+
+    if is_exported_model(model):  # runs without torch: ONNX Runtime or OpenVINO, preprocessing from the sidecar
+        from .deployed import load_model
+
+        deployed = load_model(model, runtime=runtime, precision=precision)
+        tops, failed = deployed.label_files(find_images(inputs), top_k=top_k, progress=progress)
+        return LabelResult(tuple(Prediction(p, t) for p, t in tops), tuple(failed))
     bundle = load_bundle(model)
     backbone = resolve_model_backbone(bundle, weights)
     head = load_head(bundle)

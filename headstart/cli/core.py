@@ -152,6 +152,8 @@ def run_retrain(args: argparse.Namespace) -> int:
             print(f"{m.relpath:>40}  {m.predicted_label}  ({m.score:.3f})")
     print()
     print(f"Total time {result.timing['total_s']:.1f}s. Model written to {result.run_dir}")
+    if result.skipped:
+        print(f"{len(result.skipped)} image(s) skipped, listed with reasons in {result.run_dir / 'skipped.csv'}")
     print(f"Label images with: headstart label --model {result.run_dir} IMAGE...")
     return 0
 
@@ -165,7 +167,9 @@ def _register_label(sub: Any) -> None:
                     "headstart label --imagenet cat.jpg   # the backbone's own 1000 ImageNet classes")
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER")
     group = p.add_mutually_exclusive_group(required=True)
-    flag(group, "--model", "--graph", type=Path, help="run directory written by 'headstart retrain'")
+    flag(group, "--model", "--graph", type=Path,
+         help="run directory written by 'headstart retrain', or a model file from 'headstart export' "
+              "(.onnx, .xml: runs without PyTorch)")
     flag(group, "--imagenet", action="store_true", help="use the backbone's ImageNet classifier")
     flag(p, "--top_k", type=int, default=5, help="labels to show per image (default: %(default)s)")
     add_format(p, ("table", "json", "csv"))
