@@ -118,16 +118,31 @@ def run_retrain(args: argparse.Namespace) -> int:
         seed=args.seed, workers=args.workers, strict=args.strict, progress=not args.quiet,
         write_report=not args.no_report)
 
+    from ..progress import Progress
+
+    # Created at the first step so it never competes with the bottleneck bar.
+    bars: list[Progress] = []
+    done = [0]
+
     def on_step(step: Any) -> None:
+        if not bars:
+            bars.append(Progress(args.how_many_training_steps, "Training", unit="step", enabled=not args.quiet))
+        bar = bars[0]
+        bar.update(step.step + 1 - done[0])
+        done[0] = step.step + 1
         if args.quiet:
             return
         text = (f"Step {step.step}: Train accuracy = {100 * step.train_accuracy:.1f}%, "
                 f"Cross entropy = {step.cross_entropy:.4f}")
         if step.validation_accuracy is not None:
             text += f", Validation accuracy = {100 * step.validation_accuracy:.1f}%"
-        print(text, file=sys.stderr, flush=True)
+        bar.write(text)
 
-    result = retrain(config, on_step=on_step)
+    try:
+        result = retrain(config, on_step=on_step)
+    finally:
+        for bar in bars:
+            bar.close()
     if args.format == "json":
         print_json({"run_dir": str(result.run_dir), **result.metrics})
         return 0
