@@ -1,0 +1,227 @@
+"""Run an exported model without PyTorch or timm: ONNX Runtime or OpenVINO, numpy and Pillow only.
+
+An exported model (``headstart export``) is one graph from uint8 RGB pixels to
+class probabilities; what the graph cannot hold travels next to it: the labels
+and the decoding geometry (resize, centre crop, interpolation), in the ONNX
+metadata and in the ``<model>.json`` sidecar.  Images are decoded here with the
+same :func:`headstart.data.load_image` that training used, so an image gets
+the label it would have got from the run directory.
+
+Nothing in this module may import torch, timm or :mod:`headstart.networks`:
+the tests run it with both blocked.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .data import Preprocessing, SkippedImage
+from .errors import ModelError, UsageError
+
+log = logging.getLogger("headstart")
+
+SIDECAR_FORMAT = "headstart-export"
+SIDECAR_VERSION = 1
+METADATA_KEY = "headstart"  # ONNX metadata_props key holding the sidecar's JSON (without the check)
+MODEL_SUFFIXES = (".onnx", ".xml", ".engine")
+_PREP_FIELDS = ("input_size", "crop_pct", "interpolation", "mean", "std")
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What an exported model says about itself (sidecar, else ONNX metadata)."""
+
+    path: Path
+    model_format: str  # onnx | openvino | tensorrt
+    precision: str  # fp32 | fp16 | int8
+    labels: tuple[str, ...]
+    preprocessing: Preprocessing
+    provenance: dict
+    check: dict | None
+    source: str  # "sidecar" | "onnx metadata"
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocessing.input_size
+
+
+def is_exported_model(path: str | Path) -> bool:
+    """True for a model file written by ``headstart export`` (by suffix; run directories are folders)."""
+    p = Path(path)
+    return p.suffix.lower() in MODEL_SUFFIXES and not p.is_dir()
+
+
+def sidecar_path(model: str | Path) -> Path:
+    return Path(model).with_suffix(".json")
+
+
+def _info_from_dict(path: Path, data: Any, source: str) -> ModelInfo:
+    where = f"{path} ({source})"
+    if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
+        raise ModelError(f"{where} is not a headstart export description",
+                         hint="export the model again with 'headstart export'")
+    if int(data.get("format_version", 0)) > SIDECAR_VERSION:
+        raise ModelError(f"{where} was written by a newer headstart", hint="upgrade headstart")
+    labels = data.get("labels")
+    if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
+        raise ModelError(f"{where}: labels are missing or malformed", hint="export the model again")
+    prep = data.get("preprocessing")
+    try:
+        preprocessing = Preprocessing.from_dict({k: prep[k] for k in _PREP_FIELDS})
+    except (TypeError, KeyError, ValueError) as exc:
+        raise ModelError(f"{where}: preprocessing is missing or malformed ({exc})",
+                         hint="export the model again") from None
+    return ModelInfo(path=path, model_format=str(data.get("model_format", "onnx")),
+                     precision=str(data.get("precision", "fp32")), labels=tuple(labels),
+                     preprocessing=preprocessing, provenance=dict(data.get("provenance") or {}),
+                     check=data.get("check"), source=source)
+
+
+def _onnx_metadata(path: Path) -> dict[str, str]:
+    """The ONNX file's metadata_props, read with the onnx package or, failing that, ONNX Runtime."""
+    if importlib.util.find_spec("onnx") is not None:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+        return {p.key: p.value for p in model.metadata_props}
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return dict(session.get_modelmeta().custom_metadata_map)
+
+
+def read_model_info(path: str | Path) -> ModelInfo:
+    """Labels, preprocessing and provenance of an exported model: the sidecar first, then ONNX metadata."""
+    model = Path(path).expanduser()
+    if not model.is_file():
+        raise ModelError(f"exported model {model} does not exist",
+                         hint="pass the file written by 'headstart export' (.onnx, .xml or .engine)")
+    side = sidecar_path(model)
+    if side.is_file():
+        try:
+            data = json.loads(side.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ModelError(f"cannot read {side}: {exc}", hint="export the model again") from None
+        return _info_from_dict(model, data, "sidecar")
+    if model.suffix.lower() == ".onnx":
+        meta = _onnx_metadata(model)
+        if METADATA_KEY in meta:
+            try:
+                data = json.loads(meta[METADATA_KEY])
+            except ValueError:
+                raise ModelError(f"{model}: its headstart metadata is not valid JSON",
+                                 hint="export the model again") from None
+            return _info_from_dict(model, data, "onnx metadata")
+        raise ModelError(f"{model} has no headstart metadata and no {side.name} next to it",
+                         hint="export it with 'headstart export', or put its .json sidecar next to it")
+    raise ModelError(f"{model} has no {side.name} next to it (it holds the labels and preprocessing)",
+                     hint="copy the .json file written by 'headstart export' next to the model")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def resolve_deployed_runtime(model_format: str, runtime: str = "auto", precision: str = "auto") -> tuple[str, str]:
+    """(runtime, compute precision) for an exported file; ``auto`` prefers OpenVINO, then ONNX Runtime.
+
+    The file fixes the weights' precision (an int8 graph stays int8); ``precision``
+    only picks how the remaining float maths is done, fp32 unless bf16 is asked for.
+    """
+    if model_format == "tensorrt":
+        return "tensorrt", precision if precision != "auto" else "engine"
+    order = ["openvino", "onnxruntime"] if model_format == "onnx" else ["openvino"]
+    if runtime == "auto":
+        found = [r for r in order if _installed(r)]
+        if not found:
+            raise UsageError(f"no runtime for {model_format} models is installed",
+                             hint="pip install openvino (or onnxruntime for .onnx files)")
+        runtime = found[0]
+    elif runtime not in order:
+        raise UsageError(f"runtime {runtime} cannot run an exported {model_format} model",
+                         hint=f"use --runtime {' or '.join(order)}")
+    elif not _installed(runtime):
+        raise UsageError(f"runtime {runtime} is not installed", hint=f"pip install {runtime}")
+    precision = "fp32" if precision == "auto" else precision
+    allowed = ("fp32", "bf16") if runtime == "openvino" else ("fp32",)
+    if precision not in allowed:
+        raise UsageError(f"runtime {runtime} cannot compute an exported model in {precision}",
+                         hint=f"use --precision {' or '.join(allowed)}")
+    return runtime, precision
+
+
+class DeployedModel:
+    """An exported model, ready to run: ``predict_proba(uint8 [N, H, W, 3]) -> float32 [N, classes]``."""
+
+    def __init__(self, path: str | Path, *, runtime: str = "auto", precision: str = "auto",
+                 threads: int | None = None) -> None:
+        self.info = read_model_info(path)
+        self.path = self.info.path
+        self.runtime, self.precision = resolve_deployed_runtime(self.info.model_format, runtime, precision)
+        if self.runtime == "tensorrt":
+            from .tensorrt import create_engine_runner
+
+            self._run = create_engine_runner(self.path)
+        else:
+            from .runtimes import RuntimeChoice, create_session_runner
+
+            self._run = create_session_runner(self.path, RuntimeChoice(self.runtime, self.precision), threads)
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.info.labels
+
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        size = self.info.input_size
+        if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
+            raise UsageError(f"expected uint8 images of shape [N, {size}, {size}, 3], "
+                             f"got {images.dtype} {tuple(images.shape)}",
+                             hint="decode with headstart.data.load_image and the model's preprocessing")
+        return np.asarray(self._run(images), dtype=np.float32)
+
+    def label_files(self, paths: Sequence[Path], *, top_k: int = 5, batch_size: int = 32, workers: int | None = None,
+                    progress: bool = False) -> tuple[list[tuple[Path, tuple[tuple[str, float], ...]]],
+                                                     list[SkippedImage]]:
+        """Top-k ``(label, probability)`` per readable image; unreadable ones come back as skipped."""
+        from .features import decode_ahead, default_workers, run_batches
+        from .progress import Progress
+
+        results: dict[int, tuple[tuple[str, float], ...]] = {}
+        skipped: list[SkippedImage] = []
+        k = max(1, min(top_k, len(self.labels)))
+        with Progress(len(paths), "Labelling", unit="img", enabled=progress) as bar:
+
+            def on_batch(positions: list[int], proba: np.ndarray) -> None:
+                order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
+                for row, position in enumerate(positions):
+                    results[position] = tuple((self.labels[j], float(proba[row, j])) for j in order[row])
+                bar.update(len(positions))
+
+            def on_skip(position: int, reason: str) -> None:
+                skipped.append(SkippedImage(paths[position], reason))
+                bar.update(1)
+
+            items = decode_ahead(list(paths), self.info.preprocessing, batch_size, workers or default_workers())
+            run_batches(self.predict_proba, items, batch_size, on_batch, on_skip)
+        return [(paths[i], results[i]) for i in sorted(results)], skipped
+
+
+def load_model(path: str | Path, *, runtime: str = "auto", precision: str = "auto",
+               threads: int | None = None) -> DeployedModel:
+    """Open an exported model (.onnx, OpenVINO .xml, or TensorRT .engine) for inference."""
+    return DeployedModel(path, runtime=runtime, precision=precision, threads=threads)
+
+
+__all__ = ["ModelInfo", "DeployedModel", "load_model", "read_model_info", "is_exported_model",
+           "resolve_deployed_runtime", "sidecar_path"]
