@@ -185,7 +185,8 @@ def resolve_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = 
     backbone = _resolve(name, weights)
     if crop_pct is not None and crop_pct != backbone.preprocessing.crop_pct:
         if not 0.1 <= crop_pct <= 1.0:
-            raise UsageError(f"--crop_pct must be between 0.1 and 1.0, got {crop_pct}")
+            raise UsageError(f"--crop_pct must be between 0.1 and 1.0, got {crop_pct}",
+                             hint="1.0 keeps the whole image; 0.875 is the usual ImageNet centre crop")
         backbone = replace(backbone, preprocessing=replace(backbone.preprocessing, crop_pct=float(crop_pct)))
     return backbone
 

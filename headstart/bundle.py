@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .data import Preprocessing
 from .errors import DataError, ModelError, UsageError
 
 log = logging.getLogger("headstart")
@@ -209,6 +210,14 @@ def _check_head_config(config: Any, n_labels: int, where: str) -> None:
             raise _fail(where, f"head_config.{key} must be a positive integer, got {_short(config.get(key))}")
     if config["n_classes"] != n_labels:
         raise _fail(where, f"head_config.n_classes is {config['n_classes']} but there are {n_labels} labels")
+    # Optional fields a head reads back: wrong JSON types must fail here, with the
+    # file named, not deep inside the head as a TypeError.
+    optional: dict[str, tuple[type, ...]] = {"format_version": (int,), "hidden_units": (int,), "n_steps_run": (int,),
+                                             "standardize": (bool,), "diverged": (bool,), "params": (dict,)}
+    for key, kinds in optional.items():
+        value = config.get(key)
+        if key in config and (not isinstance(value, kinds) or (kinds == (int,) and (not _is_int(value) or value < 0))):
+            raise _fail(where, f"head_config.{key} has the wrong type or value: {_short(value)}")
 
 
 def _check_tensors(tensors: Mapping[str, np.ndarray], config: dict, where: str) -> None:
@@ -260,6 +269,10 @@ def _check_manifest(m: Any) -> None:
     if not isinstance(name, str) or not name:
         raise _fail(where, f"backbone.name must be a non-empty string, got {_short(name)}")
     _check_head_config(m["head_config"], len(labels), where)
+    try:
+        Preprocessing.from_dict(m["preprocessing"])
+    except (TypeError, ValueError) as err:
+        raise _fail(where, f"preprocessing: {err}") from None
     for file in (HEAD_NAME, LABELS_NAME):
         entry = m["files"].get(file)
         digest = entry.get("sha256") if isinstance(entry, dict) else None

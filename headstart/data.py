@@ -113,7 +113,7 @@ class Preprocessing:
             raise ValueError(f"Preprocessing.input_size must be a positive int, got {self.input_size!r}")
         if not _is_real(self.crop_pct) or not 0 < self.crop_pct <= 1:
             raise ValueError(f"Preprocessing.crop_pct must be a number in (0, 1], got {self.crop_pct!r}")
-        if self.interpolation not in _RESAMPLE:
+        if not isinstance(self.interpolation, str) or self.interpolation not in _RESAMPLE:
             raise ValueError(
                 f"Preprocessing.interpolation must be one of {', '.join(_RESAMPLE)}, got {self.interpolation!r}"
             )
@@ -398,7 +398,8 @@ def index_image_dir(
     ``roses``, a class left without training images) raise :class:`DataError`
     up front, because no amount of computing fixes them.  File problems (empty,
     unreadable, duplicated) only skip that file.  An image stored twice in a
-    class is used once; an image stored in two classes is not used at all,
+    class is used once (under its shortest name, so a copy never moves the
+    original to another split); an image stored in two classes is not used at all,
     since its label is ambiguous.  ``labels`` fixes the label list and order
     (evaluating a saved model on another folder); then the folders may be any
     subset of it and a single class is fine.
@@ -409,7 +410,8 @@ def index_image_dir(
     if labels is not None:
         labels = tuple(labels)
         if not labels or len(set(labels)) != len(labels) or not all(isinstance(x, str) and x for x in labels):
-            raise UsageError(f"labels must be distinct non-empty names, got {labels!r}")
+            raise UsageError(f"labels must be distinct non-empty names, got {labels!r}",
+                             hint="pass each class name once, e.g. labels=('cat', 'dog')")
     root = Path(image_dir).expanduser()
     class_names = _list_classes(root, labels)
     root = root.resolve()
@@ -441,7 +443,9 @@ def index_image_dir(
 
     records: list[ImageRecord] = []
     for digest, copies in by_digest.items():
-        copies.sort(key=lambda c: c[1])
+        # Keep the shortest name, then the first: "IMG_1.jpg" over "IMG_1 copy.jpg" or
+        # "IMG_1 (2).jpg", so adding a copy leaves the original, and its split, in place.
+        copies.sort(key=lambda c: (len(c[1]), c[1]))
         classes = sorted({label for label, _ in copies})
         if len(classes) > 1:
             warnings.append(

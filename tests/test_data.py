@@ -304,7 +304,7 @@ def test_class_without_training_image(make_image_dir):
 
 def test_dropping_duplicates_can_leave_a_class_without_training(make_image_dir, write_image):
     root = make_image_dir({"dog": 3})
-    names = [f"cat/{i}.png" for i in range(100)]
+    names = [f"cat/{i:03d}.png" for i in range(100)]  # one length: the first by name is kept
     kept = next(n for n in names if which_split(n, 50, 0) == "validation")
     dropped = next(n for n in names if n > kept and which_split(n, 50, 0) == "training")
     write_image(root / kept, seed=7)
@@ -352,9 +352,10 @@ def test_duplicates_within_a_class_count_once(make_image_dir):
     shutil.copy(root / "cat" / "1.png", root / "cat" / "sub" / "copy.png")
     shutil.copy(root / "cat" / "1.png", root / "cat" / "0a.png")
     index = index_image_dir(root, 0, 0)
-    assert [r.relpath for r in index.records if r.label == "cat"] == ["cat/0.png", "cat/0a.png", "cat/2.png"]
+    # the shortest name is kept, so a copy never displaces the original
+    assert [r.relpath for r in index.records if r.label == "cat"] == ["cat/0.png", "cat/1.png", "cat/2.png"]
     assert {(s.path.name, s.reason) for s in index.skipped} == {
-        ("1.png", "duplicate of cat/0a.png"), ("copy.png", "duplicate of cat/0a.png"),
+        ("0a.png", "duplicate of cat/1.png"), ("copy.png", "duplicate of cat/1.png"),
     }
 
 
