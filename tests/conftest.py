@@ -126,3 +126,23 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory, fashion_dir: Path, sha
     config = RetrainConfig(image_dir=fashion_dir, output_dir=out, bottleneck_dir=shared_cache_dir,
                            how_many_training_steps=300, progress=False)
     return retrain(config)
+
+
+# ---------------------------------------------------------------- exported models (tests/test_export.py and friends)
+
+
+@pytest.fixture(scope="session")
+def exported_onnx(trained_run, shared_cache_dir: Path):
+    """``trained_run`` exported as fp32 ONNX to its default place (an ExportResult, self-checked)."""
+    from headstart.export import export_model
+
+    return export_model(trained_run.run_dir, cache_dir=shared_cache_dir, progress=False)
+
+
+@pytest.fixture(scope="session")
+def exported_ir(trained_run, tmp_path_factory: pytest.TempPathFactory):
+    """``trained_run`` exported as an OpenVINO IR (fp32) to a folder of its own."""
+    from headstart.export import export_model
+
+    out = tmp_path_factory.mktemp("ir") / "fashion.xml"
+    return export_model(trained_run.run_dir, model_format="openvino", output=out, progress=False)

@@ -9,6 +9,7 @@ function; this module maps known exceptions to one line plus a hint
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -17,11 +18,21 @@ import traceback
 from collections.abc import Sequence
 
 from .. import __version__
-from ..errors import HeadstartError
+from ..errors import HeadstartError, UsageError
 from .common import HeadstartArgumentParser
 
+# Failures of the machine rather than of headstart (a full disk while converting a
+# model, a read-only folder): one line and what to do, wherever they surface.
+_DISK_HINTS = {
+    errno.ENOSPC: "free disk space, or pass --bottleneck_dir / --output_dir on a disk with room",
+    errno.EDQUOT: "free space within your disk quota, or pass --bottleneck_dir / --output_dir elsewhere",
+    errno.EROFS: "that file system is read-only: pass --bottleneck_dir / --output_dir on a writable one",
+    errno.EACCES: "fix that path's permissions, or pass --bottleneck_dir / --output_dir you can write to",
+    errno.EPERM: "fix that path's permissions, or pass --bottleneck_dir / --output_dir you can write to",
+}
+
 # Sub-command modules, in the order they appear in --help.
-COMMAND_MODULES = ("core",)
+COMMAND_MODULES = ("core", "lab", "deploy", "bench")
 
 log = logging.getLogger("headstart")
 
@@ -72,8 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+        print(f"hint: {exc.hint or _default_hint(exc, args)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted: completed batches are kept in the cache; run the same command to resume",
@@ -81,10 +91,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
-    except Exception as exc:  # noqa: BLE001 - the last line of defence for users
+    except OSError as exc:
+        if exc.errno not in _DISK_HINTS:
+            return _unexpected(exc, debug)
         if debug:
             traceback.print_exc()
-        print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-              file=sys.stderr)
-        print("hint: run again with HEADSTART_DEBUG=1 for the traceback, and report it", file=sys.stderr)
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"hint: {_DISK_HINTS[exc.errno]}", file=sys.stderr)
         return 1
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for users
+        return _unexpected(exc, debug)
+
+
+def _default_hint(exc: HeadstartError, args: argparse.Namespace) -> str:
+    """Every error gets a hint, even one raised without."""
+    if isinstance(exc, UsageError):
+        return f"run 'headstart {getattr(args, 'command', '') or ''} --help' for the flags and an example"
+    return "run again with -v for more detail"
+
+
+def _unexpected(exc: Exception, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+          file=sys.stderr)
+    print("hint: run again with HEADSTART_DEBUG=1 for the traceback, and report it", file=sys.stderr)
+    return 1

@@ -15,7 +15,7 @@ class HeadstartArgumentParser(argparse.ArgumentParser):
     """argparse with one-line usage errors (exit 2) and a hint."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
+        # No usage dump: it runs to 25 lines for retrain and buries the one that matters.
         print(f"error: {message}", file=sys.stderr)
         print(f"hint: run '{self.prog} --help' for the flags and an example", file=sys.stderr)
         raise SystemExit(2)
