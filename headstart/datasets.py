@@ -30,6 +30,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from .data import IMAGE_EXTENSIONS
 from .errors import DataError, OfflineError, UsageError
 from .progress import track
 
@@ -51,7 +52,6 @@ _TIMEOUT_S = 30.0
 # rest; ValueError is a malformed URL). Disk errors are deliberately not in here.
 _NETWORK_ERRORS = (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException,
                    ValueError)
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 @dataclass(frozen=True)
@@ -308,7 +308,7 @@ def _flowers_info(photos: Path, source: str) -> DatasetInfo:
         raise DataError(f"{photos} holds no class folders",
                         hint="the archive is not flower_photos.tgz; check the URL")
     n = sum(1 for label in labels for f in (photos / label).iterdir()
-            if f.suffix.lower() in _IMAGE_SUFFIXES)
+            if f.suffix.lower() in IMAGE_EXTENSIONS)
     return DatasetInfo(path=photos, labels=labels, n_images=n, source=source)
 
 

@@ -150,6 +150,14 @@ def skipped_csv(skipped: Sequence[SkippedImage]) -> str:
     return out.getvalue()
 
 
+def find_misclassified(records: Sequence[ImageRecord], proba: np.ndarray,
+                       labels: Sequence[str]) -> tuple[Misclassified, ...]:
+    """The records whose most probable label is not their folder's, with that label and its score."""
+    predicted = proba.argmax(axis=1)
+    return tuple(Misclassified(r.path, r.relpath, r.label, labels[p], float(proba[i, p]))
+                 for i, (r, p) in enumerate(zip(records, predicted)) if labels[p] != r.label)
+
+
 def _sample_test(n: int, test_batch_size: int, seed: int) -> np.ndarray:
     """retrain.py's --test_batch_size: -1 is the whole test set, else a random sample of that size."""
     if test_batch_size is None or test_batch_size < 0 or test_batch_size >= n:
@@ -233,10 +241,7 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
     test_records = tuple(test_records[i] for i in chosen)
     proba = head.predict_proba(x_test[chosen])
     test = evaluate_predictions(y_test[chosen], proba, index.labels)
-    predicted = proba.argmax(axis=1)
-    misclassified = tuple(
-        Misclassified(r.path, r.relpath, r.label, index.labels[p], float(proba[i, p]))
-        for i, (r, p) in enumerate(zip(test_records, predicted)) if index.labels[p] != r.label)
+    misclassified = find_misclassified(test_records, proba, index.labels)
     val_acc = float(np.mean(head.predict(x_val) == y_val)) if len(y_val) else None
 
     choice = bottlenecks.runtime
@@ -419,9 +424,7 @@ def evaluate(model: str | Path, image_dir: str | Path, *, bottleneck_dir: str | 
     y = np.array([bundle.labels.index(r.label) for r in bottlenecks.records], dtype=np.int64)
     proba = head.predict_proba(bottlenecks.vectors)
     result = evaluate_predictions(y, proba, bundle.labels)
-    predicted = proba.argmax(axis=1)
-    wrong = tuple(Misclassified(r.path, r.relpath, r.label, bundle.labels[p], float(proba[i, p]))
-                  for i, (r, p) in enumerate(zip(bottlenecks.records, predicted)) if bundle.labels[p] != r.label)
+    wrong = find_misclassified(bottlenecks.records, proba, bundle.labels)
     return result, wrong, tuple(index.skipped) + bottlenecks.skipped
 
 
