@@ -11,4 +11,3 @@ headstart datasets fashion-mnist --out demo/unseen --split test --per_class 100
 headstart retrain --image_dir demo/fashion --output_dir runs/demo
 headstart evaluate --model runs/demo --image_dir demo/unseen
 headstart label --model runs/demo demo/unseen/Sandal/test_00011.png demo/unseen/Bag/test_00018.png --top_k 3
-headstart label --imagenet demo/unseen/Sneaker/test_00009.png --top_k 3

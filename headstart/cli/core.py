@@ -157,9 +157,8 @@ def run_retrain(args: argparse.Namespace) -> int:
           + ("  (DIVERGED: lower --learning_rate)" if result.diverged else ""))
     if result.validation_accuracy is not None:
         print(f"Validation accuracy = {100 * result.validation_accuracy:.1f}% (N={result.validation_n})")
-    print(f"Final test accuracy = {100 * result.test.accuracy:.1f}% (N={result.test.n})")
     print()
-    print(format_evaluation(result.test, title="Test"))
+    print(format_evaluation(result.test, title="Final test"))
     if args.print_misclassified_test_images:
         print()
         print("=== MISCLASSIFIED TEST IMAGES ===")
@@ -256,9 +255,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.format == "json":
         print_json(result.to_dict())
         return 0
-    print(f"Test accuracy = {100 * result.accuracy:.1f}% (N={result.n})")
-    print()
-    print(format_evaluation(result, title="Evaluation"))
+    print(format_evaluation(result, title="Test"))
     if args.print_misclassified_test_images:
         print()
         print("=== MISCLASSIFIED IMAGES ===")
@@ -362,5 +359,8 @@ def run_datasets(args: argparse.Namespace) -> int:
         info = datasets.download_flowers(args.out, **({"url": args.source} if args.source else {}),
                                          progress=not args.quiet)
     print(f"Wrote {info.n_images} images in {len(info.labels)} classes to {info.path} (from {info.source})")
-    print(f"Next: headstart retrain --image_dir {info.path}")
+    if args.name == "fashion-mnist" and args.split == "test":
+        print(f"Next: headstart evaluate --model RUN_DIR --image_dir {info.path}")
+    else:
+        print(f"Next: headstart retrain --image_dir {info.path}")
     return 0
