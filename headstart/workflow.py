@@ -390,24 +390,29 @@ def label_imagenet(inputs: Sequence[str | Path], *, backbone: str = DEFAULT_BACK
                    weights: str | Path | None = None, runtime: str = "auto", precision: str = "auto",
                    bottleneck_dir: str | Path | None = None, progress: bool = True) -> LabelResult:
     """Top-k ImageNet classes from the backbone's own classifier (the TF Hub tutorial's first step)."""
-    from .features import decode_ahead
+    from .cache import default_cache_dir
+    from .features import decode_ahead, default_workers, run_batches
     from .networks import imagenet_labels
     from .runtimes import create_runner
 
     resolved = resolve_backbone(backbone, weights)
     choice = resolve_runtime(runtime, precision)
     paths = find_images(inputs)
-    model_dir = open_cache(bottleneck_dir).directory / "models"
+    model_dir = Path(bottleneck_dir or default_cache_dir()) / "models"
     runner = create_runner(resolved, choice, model_dir, imagenet=True)
     names = imagenet_labels()
-    predictions, skipped = [], []
-    for position, image, error in decode_ahead(paths, resolved.preprocessing, 32, 4):
-        if image is None:
-            skipped.append(SkippedImage(paths[position], error or "unreadable"))
-            continue
-        proba = runner(image[None])
-        predictions.append(Prediction(paths[position], _top_k(proba, names, top_k)[0]))
-    return LabelResult(tuple(predictions), tuple(skipped))
+    found: dict[int, Prediction] = {}
+    skipped: list[SkippedImage] = []
+
+    def on_batch(positions: list[int], proba: np.ndarray) -> None:
+        for position, top in zip(positions, _top_k(proba, names, top_k)):
+            found[position] = Prediction(paths[position], top)
+
+    def on_skip(position: int, reason: str) -> None:
+        skipped.append(SkippedImage(paths[position], reason))
+
+    run_batches(runner, decode_ahead(paths, resolved.preprocessing, 32, default_workers()), 32, on_batch, on_skip)
+    return LabelResult(tuple(found[p] for p in sorted(found)), tuple(skipped))
 
 
 def evaluate(model: str | Path, image_dir: str | Path, *, bottleneck_dir: str | Path | None = None,
