@@ -313,7 +313,8 @@ def _records_for(paths: Sequence[Path]) -> tuple[list[ImageRecord], list[Skipped
         except OSError as exc:
             skipped.append(SkippedImage(path, f"cannot read file ({exc.strerror or exc})"))
             continue
-        records.append(ImageRecord(path=path.resolve(), relpath=path.name, label="", split="testing", sha256=digest))
+        # Keep the path as the user gave it: it is what they will look for in the output.
+        records.append(ImageRecord(path=path, relpath=path.name, label="", split="testing", sha256=digest))
     return records, skipped
 
 
