@@ -22,7 +22,6 @@ import logging
 import os
 import secrets
 import shutil
-import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -162,7 +161,7 @@ def describe_export(bundle: Bundle, backbone: "Backbone", model_format: str, pre
         "preprocessing": {
             **prep.to_dict(),
             "resize_size": prep.resize_size,
-            "steps": [f"decode to RGB (EXIF orientation applied, alpha over white)",
+            "steps": ["decode to RGB (EXIF orientation applied, alpha over white)",
                       f"resize the shorter side to {prep.resize_size} px ({prep.interpolation})",
                       f"centre-crop {prep.input_size}x{prep.input_size}",
                       "uint8 NHWC into the graph"],

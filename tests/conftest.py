@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +146,31 @@ def exported_ir(trained_run, tmp_path_factory: pytest.TempPathFactory):
 
     out = tmp_path_factory.mktemp("ir") / "fashion.xml"
     return export_model(trained_run.run_dir, model_format="openvino", output=out, progress=False)
+
+
+# ---------------------------------------------------------------- the command, in this process
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., tuple]]:
+    """``cli(*args) -> (exit code, stdout, stderr)`` through ``headstart.cli.main`` in this process
+    (cheap for failures that happen before any network runs).  Restores the logger it configures."""
+    import logging
+
+    from headstart.cli import main
+
+    monkeypatch.delenv("HEADSTART_DEBUG", raising=False)
+    logger = logging.getLogger("headstart")
+    saved = (logger.handlers[:], logger.propagate, logger.level)
+
+    def run(*args: object) -> tuple[int, str, str]:
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # argparse
+            code = exc.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    yield run
+    logger.handlers[:], logger.propagate = saved[0], saved[1]
+    logger.setLevel(saved[2])

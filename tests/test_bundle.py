@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tamper import read_manifest, replace_file, write_manifest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
@@ -47,26 +47,13 @@ def run(tmp_path: Path) -> Path:
     return save_bundle(tmp_path / "run", **_params(), metrics={"accuracy": 0.9, "n": 30})
 
 
-def _manifest(run: Path) -> dict:
-    return json.loads((run / MANIFEST_NAME).read_text())
 
-
-def _write_manifest(run: Path, manifest: Any) -> None:
-    (run / MANIFEST_NAME).write_text(json.dumps(manifest))
-
-
-def _replace_file(run: Path, name: str, data: bytes) -> None:
-    """Swap a file *and* fix its checksum: a consistent but wrong bundle."""
-    (run / name).write_bytes(data)
-    manifest = _manifest(run)
-    manifest["files"][name]["sha256"] = hashlib.sha256(data).hexdigest()
-    _write_manifest(run, manifest)
 
 
 def _replace_tensors(run: Path, tensors: dict[str, np.ndarray]) -> None:
     tmp = run.parent / "t.safetensors"
     save_file(tensors, str(tmp))
-    _replace_file(run, HEAD_NAME, tmp.read_bytes())
+    replace_file(run, HEAD_NAME, tmp.read_bytes())
 
 
 def _hidden(parent: Path) -> list[str]:
@@ -267,9 +254,9 @@ def test_missing_file(run: Path, name: str) -> None:
 
 
 def test_manifest_labels_disagree_with_labels_file(run: Path) -> None:
-    manifest = _manifest(run)
+    manifest = read_manifest(run)
     manifest["labels"] = ["tulips", "roses", "daisy"]
-    _write_manifest(run, manifest)
+    write_manifest(run, manifest)
     assert "disagree" in str(_load_error(run))
 
 
@@ -294,7 +281,7 @@ def test_wrong_tensor_dtype(run: Path) -> None:
 
 
 def test_not_a_safetensors_file(run: Path) -> None:
-    _replace_file(run, HEAD_NAME, b"\x80\x04K\x01.")  # a pickle, of all things
+    replace_file(run, HEAD_NAME, b"\x80\x04K\x01.")  # a pickle, of all things
     assert "not a valid safetensors file" in str(_load_error(run))
 
 
@@ -326,7 +313,7 @@ _DELETE = object()
     (("files", LABELS_NAME, "sha256"), "abc", "files.labels.txt.sha256"),
 ])
 def test_manifest_with_wrong_types(run: Path, keys: tuple[str, ...], value: Any, problem: str) -> None:
-    manifest = _manifest(run)
+    manifest = read_manifest(run)
     parent = manifest
     for key in keys[:-1]:
         parent = parent[key]
@@ -334,7 +321,7 @@ def test_manifest_with_wrong_types(run: Path, keys: tuple[str, ...], value: Any,
         del parent[keys[-1]]
     else:
         parent[keys[-1]] = value
-    _write_manifest(run, manifest)
+    write_manifest(run, manifest)
     err = str(_load_error(run))
     assert err.startswith(MANIFEST_NAME) and problem in err, err
 
@@ -369,7 +356,7 @@ def test_random_bytes_manifest_gives_model_error(fuzz_run: Path, data: bytes) ->
 @FUZZ
 @given(value=json_values)
 def test_random_json_manifest_gives_model_error(fuzz_run: Path, value: Any) -> None:
-    _write_manifest(fuzz_run, value)
+    write_manifest(fuzz_run, value)
     with pytest.raises(ModelError):
         load_bundle(fuzz_run)
 
@@ -387,7 +374,7 @@ def test_mutated_manifest_loads_or_gives_model_error(fuzz_run: Path, data: st.Da
             parent[key] = data.draw(json_values)
         else:
             parent.pop(key, None)
-    _write_manifest(fuzz_run, manifest)
+    write_manifest(fuzz_run, manifest)
     try:
         load_bundle(fuzz_run)
     except ModelError:

@@ -11,15 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from clitools import run_cli
 
 from headstart.cli import build_parser, main
 
 COMMANDS = ["retrain", "label", "evaluate", "backbones", "cache", "datasets"]
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "headstart", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from headstart.errors import DataError, ModelError, UsageError
-from headstart.export import (compare, export_model, fold_head, format_bench_rows, SelfCheck)
+from headstart.export import (compare, export_model, fold_head, format_bench_rows)
 
 
 def test_fold_head_matches_the_numpy_head():

@@ -26,7 +26,7 @@ import pytest
 from headstart.bundle import load_bundle
 from headstart.cache import BottleneckCache
 
-from test_robustness import assert_one_line_error, cli, run_cli, unprivileged_prefix  # noqa: F401 - cli: fixture
+from clitools import assert_one_line_error, run_cli, unprivileged_prefix
 
 BATCH = 32  # the extraction batch: one cache transaction each
 CLASSES = ("Bag", "Coat", "Sandal", "Trouser")

@@ -16,21 +16,17 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import os
 import shutil
 import struct
-import subprocess
-import sys
 import zlib
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from headstart.cli import main
+from clitools import assert_one_line_error, run_cli, unprivileged_prefix
 from headstart.data import which_split
 
 CLASS = "Bag"  # the class folder that receives the catalogue
@@ -58,66 +54,6 @@ IGNORED_FILES = (".hidden.png", ".DS_Store", "._photo.png", "Thumbs.db", "notes.
 
 
 # --------------------------------------------------------------------------- running the command
-
-
-def run_cli(*args: object, prefix: tuple[str, ...] = (), env: dict[str, str] | None = None,
-            timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """``headstart ARGS`` in a fresh process, as a user runs it (HEADSTART_DEBUG unset)."""
-    environ = {k: v for k, v in os.environ.items() if k != "HEADSTART_DEBUG"}
-    return subprocess.run([*prefix, sys.executable, "-m", "headstart", *map(str, args)], capture_output=True,
-                          text=True, env={**environ, **(env or {})}, timeout=timeout)
-
-
-@pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., tuple]]:
-    """``cli(*args) -> (exit code, stdout, stderr)`` through ``headstart.cli.main`` in this process
-    (cheap for failures that happen before any network runs).  Restores the logger it configures."""
-    monkeypatch.delenv("HEADSTART_DEBUG", raising=False)
-    logger = logging.getLogger("headstart")
-    saved = (logger.handlers[:], logger.propagate, logger.level)
-
-    def run(*args: object) -> tuple[int, str, str]:
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as exc:  # argparse
-            code = exc.code
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    yield run
-    logger.handlers[:], logger.propagate = saved[0], saved[1]
-    logger.setLevel(saved[2])
-
-
-def assert_one_line_error(err: str, *fragments: str) -> str:
-    """stderr ends with exactly ``error: ...`` then ``hint: ...``, and holds no traceback."""
-    lines = err.strip().splitlines()
-    assert "Traceback" not in err, err
-    assert len(lines) >= 2 and lines[-2].startswith("error: ") and lines[-1].startswith("hint: "), err
-    assert sum(line.startswith("error:") for line in lines) == 1, err
-    for fragment in fragments:
-        assert fragment in lines[-2], (fragment, lines[-2])
-    return lines[-2]
-
-
-def unprivileged_prefix() -> tuple[str, ...] | None:
-    """A command prefix under which file permissions apply, or None when there is none here.
-
-    root reads anything; ``setpriv`` drops the two capabilities that let it, so a
-    ``chmod 000`` file is really unreadable for the command run under it.
-    """
-    if os.geteuid() != 0:
-        return ()
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        return None
-    prefix = (setpriv, "--bounding-set=-dac_override,-dac_read_search")
-    try:
-        probe = subprocess.run([*prefix, sys.executable, "-c", "open('/proc/1/environ').read()"],
-                               capture_output=True, timeout=60)
-    except OSError:
-        return None
-    return prefix if probe.returncode != 0 and b"PermissionError" in probe.stderr else None
 
 
 # --------------------------------------------------------------------------- building the folder

@@ -10,7 +10,6 @@ trained model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import shutil
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tamper import read_manifest, replace_file, write_manifest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +27,7 @@ from headstart.data import Preprocessing
 from headstart.errors import ModelError
 from headstart.workflow import load_head
 
-from test_robustness import assert_one_line_error, cli  # noqa: F401 - cli: fixture
+from clitools import assert_one_line_error
 
 
 class Payload:
@@ -105,29 +105,16 @@ def test_safetensors_weights_hold_no_code(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- tampered run directories
 
 
-def _manifest(run: Path) -> dict:
-    return json.loads((run / MANIFEST_NAME).read_text())
 
-
-def _write_manifest(run: Path, manifest: Any) -> None:
-    (run / MANIFEST_NAME).write_text(json.dumps(manifest))
-
-
-def _replace_file(run: Path, name: str, data: bytes) -> None:
-    """Swap a file and fix its checksum: tampering that the checksum alone cannot catch."""
-    (run / name).write_bytes(data)
-    manifest = _manifest(run)
-    manifest["files"][name]["sha256"] = hashlib.sha256(data).hexdigest()
-    _write_manifest(run, manifest)
 
 
 def _edit(run: Path, path: tuple[str, ...], value: Any) -> None:
-    manifest = _manifest(run)
+    manifest = read_manifest(run)
     parent = manifest
     for key in path[:-1]:
         parent = parent[key]
     parent[path[-1]] = value
-    _write_manifest(run, manifest)
+    write_manifest(run, manifest)
 
 
 def _narrow_head(run: Path) -> None:
@@ -135,11 +122,11 @@ def _narrow_head(run: Path) -> None:
 
     tensors = load((run / HEAD_NAME).read_bytes())
     tensors["final.weight"] = np.ascontiguousarray(tensors["final.weight"][:, :-1])
-    _replace_file(run, HEAD_NAME, save(tensors))
+    replace_file(run, HEAD_NAME, save(tensors))
 
 
 def _pickle_as_head(run: Path) -> None:
-    _replace_file(run, HEAD_NAME, pickle.dumps({"final.weight": Payload(run.parent / "marker")}))
+    replace_file(run, HEAD_NAME, pickle.dumps({"final.weight": Payload(run.parent / "marker")}))
 
 
 def _flip_last_byte(run: Path) -> None:
@@ -157,7 +144,7 @@ TAMPERING = {
     "head edited": (_flip_last_byte, f"{HEAD_NAME}: checksum mismatch"),
     "labels edited": (lambda run: (run / LABELS_NAME).write_text((run / LABELS_NAME).read_text().replace("Bag", "Bog")),
                       f"{LABELS_NAME}: checksum mismatch"),
-    "manifest labels reordered": (lambda run: _edit(run, ("labels",), _manifest(run)["labels"][::-1]),
+    "manifest labels reordered": (lambda run: _edit(run, ("labels",), read_manifest(run)["labels"][::-1]),
                                   f"{LABELS_NAME}: its labels disagree with {MANIFEST_NAME}"),
     "tensor shape": (_narrow_head, "tensor 'final.weight' has shape (1280, 9), expected (1280, 10)"),
     "pickle as tensors": (_pickle_as_head, f"{HEAD_NAME}: not a valid safetensors file"),
@@ -234,7 +221,7 @@ def test_random_head_config_or_preprocessing_loads_or_is_a_model_error(fuzz_run:
             parent[key] = data.draw(json_values)
         else:
             parent.pop(key, None)
-    _write_manifest(fuzz_run, manifest)
+    write_manifest(fuzz_run, manifest)
     try:
         bundle = load_bundle(fuzz_run)
         head = load_head(bundle)
