@@ -219,6 +219,44 @@ class ImageIndex:
 # --------------------------------------------------------------------------- split
 
 
+@dataclass(frozen=True)
+class Distortion:
+    """retrain.py's training distortions, drawn once per image and copy so their bottlenecks can be cached.
+
+    retrain.py drew new distortions at every step and so had to run the network
+    at every step, bypassing its cache.  Here copy ``k`` of an image always gets
+    the same draw (seeded by the image's content hash and ``k``): a few distorted
+    copies per training image are computed once, cached like any bottleneck, and
+    train the head from memory.  Percentages mean what retrain.py's flags meant.
+    """
+
+    flip_left_right: bool = False
+    random_crop: float = 0.0  # % of margin around the crop, randomly placed
+    random_scale: float = 0.0  # up to this % larger before cropping
+    random_brightness: float = 0.0  # multiply pixels by 1 +/- up to this %
+    copy: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("random_crop", "random_scale", "random_brightness"):
+            value = getattr(self, name)
+            if not _is_real(value) or not 0 <= value <= 100:
+                raise UsageError(f"--{name} must be a percentage between 0 and 100, got {value!r}",
+                                 hint=f"e.g. --{name} 10")
+
+    @property
+    def active(self) -> bool:
+        return self.flip_left_right or any((self.random_crop, self.random_scale, self.random_brightness))
+
+    def fingerprint(self) -> str:
+        text = json.dumps([self.flip_left_right, self.random_crop, self.random_scale, self.random_brightness,
+                           self.copy, DECODER_VERSION])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def rng(self, image_sha256: str) -> np.random.Generator:
+        seed = hashlib.sha256(f"{image_sha256}|{self.fingerprint()}".encode()).digest()
+        return np.random.default_rng(int.from_bytes(seed[:8], "little"))
+
+
 def _check_percentages(validation_percentage: float, testing_percentage: float) -> None:
     given = {"validation_percentage": validation_percentage, "testing_percentage": testing_percentage}
     for flag, value in given.items():
@@ -595,7 +633,35 @@ def _resize_center_crop(img: Image.Image, prep: Preprocessing) -> np.ndarray:
     return np.array(np.asarray(img, dtype=np.uint8)[top : top + size, left : left + size])
 
 
-def _decode(source: Path | bytes, prep: Preprocessing, max_pixels: int) -> np.ndarray:
+def _distorted(img: Image.Image, prep: Preprocessing, distortion: Distortion, seed: str) -> np.ndarray:
+    """retrain.py's distortions on top of the evaluation geometry: scale up by the crop
+    margin and a random scale, crop ``input_size`` at a random place, maybe flip, scale
+    the brightness."""
+    rng = distortion.rng(seed)
+    scale = (1 + distortion.random_crop / 100) * rng.uniform(1.0, 1 + distortion.random_scale / 100)
+    size = prep.input_size
+    shorter = max(size, int(round(prep.resize_size * scale)))
+    w, h = img.size
+    new_w, new_h = (shorter, max(shorter, int(shorter * h / w))) if w <= h else (max(shorter, int(shorter * w / h)),
+                                                                                shorter)
+    array = np.asarray(img.resize((new_w, new_h), _RESAMPLE[prep.interpolation]), dtype=np.uint8)
+    # The crop moves only within the (scaled) region the evaluation crop shows:
+    # without random_crop or random_scale it stays centred, as evaluation's does.
+    region = max(size, int(round(size * scale)))
+    region_h, region_w = min(new_h, region), min(new_w, region)
+    top = int(round((new_h - region_h) / 2.0)) + int(rng.integers(0, region_h - size + 1))
+    left = int(round((new_w - region_w) / 2.0)) + int(rng.integers(0, region_w - size + 1))
+    out = array[top : top + size, left : left + size]
+    if distortion.flip_left_right and rng.random() < 0.5:
+        out = out[:, ::-1]
+    if distortion.random_brightness:
+        factor = rng.uniform(1 - distortion.random_brightness / 100, 1 + distortion.random_brightness / 100)
+        return np.clip(out.astype(np.float32) * factor + 0.5, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(out)
+
+
+def _decode(source: Path | bytes, prep: Preprocessing, max_pixels: int,
+            distortion: Distortion | None = None, seed: str = "") -> np.ndarray:
     with _open(source) as img:
         fmt = img.format or "image"
         w, h = img.size
@@ -608,9 +674,16 @@ def _decode(source: Path | bytes, prep: Preprocessing, max_pixels: int) -> np.nd
             if fmt in _JPEG_FORMATS:
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale while both sides
                 # stay >= the resize target: several times faster on photos.
-                img.draft("RGB", (prep.resize_size, prep.resize_size))
+                target = prep.resize_size
+                if distortion is not None and distortion.active:
+                    target = int(target * (1 + distortion.random_crop / 100) * (1 + distortion.random_scale / 100))
+                img.draft("RGB", (target, target))
             img.load()
-            out = _resize_center_crop(_to_rgb(_oriented(img)), prep)
+            rgb = _to_rgb(_oriented(img))
+            if distortion is not None and distortion.active:
+                out = _distorted(rgb, prep, distortion, seed)
+            else:
+                out = _resize_center_crop(rgb, prep)
         except MemoryError:
             raise
         except Image.DecompressionBombError as err:
@@ -630,6 +703,8 @@ def load_image(
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     name: str | None = None,
+    distortion: Distortion | None = None,
+    seed: str = "",
 ) -> np.ndarray:
     """Decode one image to a ``uint8`` RGB array ``[input_size, input_size, 3]``.
 
@@ -638,13 +713,15 @@ def load_image(
     ``max_pixels`` before anything is decoded.  Any failure is an
     :class:`ImageError` whose message is ``"<name or path>: <reason>"``; the
     bare reason is also in its ``reason`` attribute, ready for a
-    :class:`SkippedImage`.  Safe to call from many threads.
+    :class:`SkippedImage`.  Safe to call from many threads.  With an active
+    ``distortion``, the image is distorted as drawn for ``seed`` (the image's
+    content hash) instead of centre-cropped.
     """
     where = name if name is not None else (
         str(source) if isinstance(source, (str, os.PathLike)) else "<image bytes>"
     )
     try:
-        return _decode(source, prep, max_pixels)
+        return _decode(source, prep, max_pixels, distortion, seed)
     except _Unusable as err:
         reason, hint = err.args
     except MemoryError:

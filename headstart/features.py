@@ -17,14 +17,14 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .backbones import Backbone
 from .cache import BottleneckCache
-from .data import ImageRecord, Preprocessing, SkippedImage, load_image
+from .data import Distortion, ImageRecord, Preprocessing, SkippedImage, load_image
 from .errors import HeadstartError, ImageError, UsageError
 from .progress import Progress
 from .runtimes import Runner, RuntimeChoice, create_runner, resolve_runtime
@@ -53,9 +53,12 @@ class Bottlenecks:
         return tuple(self.records[i] for i in rows), self.vectors[rows]
 
 
-def extractor_fingerprint(backbone: Backbone, choice: RuntimeChoice) -> str:
-    """Cache key part that says which numbers a vector came from."""
-    return hashlib.sha256(f"{backbone.fingerprint}|{choice.key}".encode()).hexdigest()[:16]
+def extractor_fingerprint(backbone: Backbone, choice: RuntimeChoice, distortion: Distortion | None = None) -> str:
+    """Cache key part that says which numbers a vector came from (and which distorted copy)."""
+    text = f"{backbone.fingerprint}|{choice.key}"
+    if distortion is not None and distortion.active:
+        text += f"|distortion:{distortion.fingerprint()}"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def default_workers() -> int:
@@ -82,11 +85,12 @@ def resolve_decode_mode(mode: str, choice: RuntimeChoice) -> str:
     return mode
 
 
-def decode_one(path: Path, prep: Preprocessing) -> tuple[np.ndarray | None, str | None]:
+def decode_one(path: Path, prep: Preprocessing, distortion: Distortion | None = None,
+               seed: str = "") -> tuple[np.ndarray | None, str | None]:
     """``(image, None)`` or ``(None, reason)``: never raises for a bad file, so
     it can run in a thread or a worker process alike (results are plain data)."""
     try:
-        return load_image(path, prep), None
+        return load_image(path, prep, distortion=distortion, seed=seed), None
     except ImageError as exc:
         return None, getattr(exc, "reason", None) or str(exc).removeprefix(f"{path}: ")
     except OSError as exc:  # unreadable file or vanished since indexing
@@ -114,7 +118,8 @@ def _create_pool(workers: int, mode: str) -> Executor:
 
 
 def decode_ahead(paths: Sequence[Path], prep: Preprocessing, batch_size: int, workers: int,
-                 lookahead_batches: int = 3, mode: str = "threads",
+                 lookahead_batches: int = 3, mode: str = "threads", distortion: Distortion | None = None,
+                 seeds: Sequence[str] | None = None,
                  ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
     """Yield ``(position, image, error)`` in order, decoding a bounded distance ahead.
 
@@ -123,7 +128,8 @@ def decode_ahead(paths: Sequence[Path], prep: Preprocessing, batch_size: int, wo
     to start.  ``mode="processes"``: no GIL at all, for machines where the
     Python part of decoding becomes the limit (many cores, a GPU to feed).
     At most ``lookahead_batches`` batches are in flight, which bounds memory
-    whatever the size of the folder.
+    whatever the size of the folder.  ``distortion`` (with one ``seeds`` entry,
+    the content hash, per path) decodes distorted training copies instead.
     """
     window = max(batch_size * lookahead_batches, workers * 2)
     with _create_pool(workers, mode) as pool:
@@ -132,7 +138,8 @@ def decode_ahead(paths: Sequence[Path], prep: Preprocessing, batch_size: int, wo
         try:
             for position in range(len(paths)):
                 while submitted < len(paths) and len(pending) < window:
-                    pending.append(pool.submit(decode_one, paths[submitted], prep))
+                    seed = seeds[submitted] if seeds is not None else ""
+                    pending.append(pool.submit(decode_one, paths[submitted], prep, distortion, seed))
                     submitted += 1
                 image, error = pending.popleft().result()
                 yield position, image, error
@@ -164,21 +171,24 @@ def compute_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cach
                         runtime: str | RuntimeChoice = "auto", precision: str = "auto",
                         batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
                         progress: bool = True, runner: Runner | None = None,
-                        decode: str = "auto") -> Bottlenecks:
+                        decode: str = "auto", distortion: Distortion | None = None) -> Bottlenecks:
     """Bottleneck vectors for ``records``: cached ones read, the rest computed and cached.
 
     The network is only built when at least one image misses the cache.
     Unusable images are skipped and returned in ``skipped`` with a reason.
     ``decode`` is ``"threads"``, ``"processes"`` (see :func:`decode_ahead`) or
-    ``"auto"`` (:func:`resolve_decode_mode`).
+    ``"auto"`` (:func:`resolve_decode_mode`).  With an active ``distortion``
+    the vectors are those of each image's distorted copy, cached under their own key.
     """
     start = time.perf_counter()
     choice = runtime if isinstance(runtime, RuntimeChoice) else resolve_runtime(runtime, precision)
     decode = resolve_decode_mode(decode, choice)
-    extractor = extractor_fingerprint(backbone, choice)
-    cache.register_extractor(extractor, {**backbone.describe(), "runtime": choice.runtime,
-                                         "precision": choice.precision,
-                                         "preprocessing": backbone.preprocessing.to_dict()})
+    extractor = extractor_fingerprint(backbone, choice, distortion)
+    described = {**backbone.describe(), "runtime": choice.runtime, "precision": choice.precision,
+                 "preprocessing": backbone.preprocessing.to_dict()}
+    if distortion is not None and distortion.active:
+        described["distortion"] = asdict(distortion)
+    cache.register_extractor(extractor, described)
     found = cache.get_many(extractor, [r.sha256 for r in records])
     vectors: dict[str, np.ndarray] = dict(found)
     misses: list[ImageRecord] = []
@@ -190,11 +200,12 @@ def compute_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cach
     cached = len(records) - len(misses)
     skipped: list[SkippedImage] = []
     if misses:
-        log.info("%d of %d bottlenecks cached; computing %d with %s (%s)", cached, len(records), len(misses),
-                 backbone.name, choice.key)
+        what = f"distorted copy {distortion.copy + 1} of " if distortion is not None and distortion.active else ""
+        log.info("%d of %d %sbottlenecks cached; computing %d with %s (%s)", cached, len(records), what,
+                 len(misses), backbone.name, choice.key)
         if runner is None:
             runner = create_runner(backbone, choice, cache.directory / "models")
-        with Progress(len(misses), "Bottlenecks", unit="img", enabled=progress) as bar:
+        with Progress(len(misses), "Distorted" if what else "Bottlenecks", unit="img", enabled=progress) as bar:
 
             def store(positions: list[int], batch: np.ndarray) -> None:
                 items = [(misses[p].sha256, batch[i]) for i, p in enumerate(positions)]
@@ -211,7 +222,8 @@ def compute_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cach
 
             paths = [r.path for r in misses]
             run_batches(runner, decode_ahead(paths, backbone.preprocessing, batch_size,
-                                             workers or default_workers(), mode=decode), batch_size, store, skip)
+                                             workers or default_workers(), mode=decode, distortion=distortion,
+                                             seeds=[r.sha256 for r in misses]), batch_size, store, skip)
     else:
         log.info("all %d bottlenecks cached (%s, %s): the network is not run", len(records), backbone.name,
                  choice.key)

@@ -94,6 +94,14 @@ def _register_retrain(sub: Any) -> None:
     flag(p, "--test_batch_size", type=int, default=-1,
          help="test images for the final evaluation, -1 for all (default: %(default)s)")
     flag(p, "--print_misclassified_test_images", action="store_true", help="list the test images the model gets wrong")
+    distort = p.add_argument_group("distortions (retrain.py's flags; each distorted copy is computed once and cached)")
+    flag(distort, "--flip_left_right", action="store_true", help="randomly mirror training images horizontally")
+    flag(distort, "--random_crop", type=float, default=0.0, help="percent margin to crop training images at random")
+    flag(distort, "--random_scale", type=float, default=0.0, help="percent to randomly enlarge training images by")
+    flag(distort, "--random_brightness", type=float, default=0.0,
+         help="percent to randomly brighten or darken training images by")
+    flag(distort, "--distorted_copies", type=int, default=4,
+         help="distorted copies of each training image when a distortion is on (default: %(default)s)")
     flag(p, "--seed", type=int, default=0, help="random seed (default: %(default)s)")
     flag(p, "--strict", action="store_true", help="fail instead of skipping unusable images")
     flag(p, "--workers", type=int, default=None, help="image decoding threads (default: one per core)")
@@ -115,6 +123,8 @@ def run_retrain(args: argparse.Namespace) -> int:
         eval_step_interval=args.eval_step_interval, testing_percentage=args.testing_percentage,
         validation_percentage=args.validation_percentage, hidden_units=args.hidden_units, dropout=args.dropout,
         weight_decay=args.weight_decay, print_misclassified_test_images=args.print_misclassified_test_images,
+        flip_left_right=args.flip_left_right, random_crop=args.random_crop, random_scale=args.random_scale,
+        random_brightness=args.random_brightness, distorted_copies=args.distorted_copies,
         seed=args.seed, workers=args.workers, strict=args.strict, progress=not args.quiet,
         write_report=not args.no_report)
 
@@ -149,6 +159,9 @@ def run_retrain(args: argparse.Namespace) -> int:
     b = result.bottlenecks
     print(f"Bottlenecks: {b['computed']} computed, {b['cached']} cached, {b['skipped']} skipped "
           f"in {result.timing['bottlenecks_s']:.1f}s")
+    if "distorted_bottlenecks" in result.metrics:
+        d = result.metrics["distorted_bottlenecks"]
+        print(f"Distorted training copies: {d['copies']} per image, {d['computed']} computed, {d['cached']} cached")
     for item in result.skipped[:20]:
         print(f"  skipped {item.path}: {item.reason}")
     if len(result.skipped) > 20:
