@@ -281,6 +281,10 @@ def _set_onnx_metadata(path: Path, metadata: dict[str, str]) -> None:
 def quantize_int8(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, batch_size: int = 16) -> Path:
     """ONNX Runtime static int8 quantisation (QDQ, per-channel weights), calibrated on ``calibration`` images.
 
+    Activations are signed and symmetric (s8s8): measured on a Fashion-MNIST run,
+    ONNX Runtime lost 0.3 points of test accuracy this way against 2.0 with
+    asymmetric uint8 activations (docs/DEPLOY.md).
+
     QDQ keeps the graph readable by ONNX Runtime, OpenVINO and TensorRT alike.
     The head and the softmax stay in float: they are tiny, and quantising the
     probabilities would only cost accuracy.
@@ -310,9 +314,9 @@ def quantize_int8(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, batch_
     with tempfile.TemporaryDirectory(prefix="headstart-quant-") as tmp:
         log.info("calibrating int8 on %d training images", len(calibration))
         quantize_static(str(fp32_onnx), str(Path(tmp) / "int8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=tail,
-                        extra_options={"CalibTensorRangeSymmetric": False})
+                        extra_options={"ActivationSymmetric": True})
         shutil.move(str(Path(tmp) / "int8.onnx"), out)
     return out
 
