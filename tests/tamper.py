@@ -24,3 +24,15 @@ def replace_file(run: Path, name: str, data: bytes) -> None:
     manifest = read_manifest(run)
     manifest["files"][name]["sha256"] = hashlib.sha256(data).hexdigest()
     write_manifest(run, manifest)
+
+
+def mutate(data: Any, places: list[tuple[dict, str]], values: Any) -> None:
+    """Hypothesis: in 1 to 3 of ``places`` (a dict and one of its keys), put a drawn value or drop the key."""
+    from hypothesis import strategies as st
+
+    for _ in range(data.draw(st.integers(1, 3))):
+        parent, key = data.draw(st.sampled_from(places))
+        if data.draw(st.booleans()):
+            parent[key] = data.draw(values)
+        else:
+            parent.pop(key, None)

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tamper import read_manifest, replace_file, write_manifest
+from tamper import mutate, read_manifest, replace_file, write_manifest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file, save_file
@@ -368,12 +368,7 @@ def test_mutated_manifest_loads_or_gives_model_error(fuzz_run: Path, data: st.Da
     manifest = json.loads((fuzz_run.parent / "valid.json").read_text())
     places = [(manifest, k) for k in manifest] + [(manifest[k], sub) for k in
                                                   ("backbone", "head_config", "files") for sub in manifest[k]]
-    for _ in range(data.draw(st.integers(1, 3))):
-        parent, key = data.draw(st.sampled_from(places))
-        if data.draw(st.booleans()):
-            parent[key] = data.draw(json_values)
-        else:
-            parent.pop(key, None)
+    mutate(data, places, json_values)
     write_manifest(fuzz_run, manifest)
     try:
         load_bundle(fuzz_run)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from tamper import read_manifest, replace_file, write_manifest
+from tamper import mutate, read_manifest, replace_file, write_manifest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -215,12 +215,7 @@ def test_random_head_config_or_preprocessing_loads_or_is_a_model_error(fuzz_run:
     manifest = json.loads((fuzz_run.parent / "valid.json").read_text())
     places = [(manifest[k], sub) for k in ("head_config", "preprocessing") for sub in manifest[k]]
     places += [(manifest["head_config"]["params"], sub) for sub in manifest["head_config"]["params"]]
-    for _ in range(data.draw(st.integers(1, 3))):
-        parent, key = data.draw(st.sampled_from(places))
-        if data.draw(st.booleans()):
-            parent[key] = data.draw(json_values)
-        else:
-            parent.pop(key, None)
+    mutate(data, places, json_values)
     write_manifest(fuzz_run, manifest)
     try:
         bundle = load_bundle(fuzz_run)
