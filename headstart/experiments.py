@@ -26,12 +26,12 @@ import numpy as np
 from .backbones import Backbone, resolve_backbone
 from .cache import BottleneckCache
 from .data import ImageRecord
-from .errors import DataError, UsageError
+from .errors import UsageError
 from .features import compute_bottlenecks
 from .head import SoftmaxHead
 from .metrics import Evaluation, evaluate
 from .runtimes import RuntimeChoice, resolve_runtime
-from .workflow import RetrainConfig, build_head
+from .workflow import RetrainConfig, build_head, split_bottlenecks
 
 log = logging.getLogger("headstart")
 
@@ -124,17 +124,7 @@ def load_features(config: RetrainConfig) -> FeatureSet:
         bottlenecks = compute_bottlenecks(index.records, backbone, cache, runtime=config.runtime,
                                           precision=config.precision, batch_size=config.extraction_batch_size,
                                           workers=config.workers, progress=config.progress)
-    ids = {label: i for i, label in enumerate(index.labels)}
-    parts = {}
-    for split in ("training", "validation", "testing"):
-        records, vectors = bottlenecks.select(split)
-        parts[split] = (records, vectors, np.array([ids[r.label] for r in records], dtype=np.int64))
-    if len(parts["testing"][2]) == 0:
-        raise DataError("the test split is empty", hint="raise --testing_percentage or add images")
-    missing = [lab for lab in index.labels if not np.any(parts["training"][2] == ids[lab])]
-    if missing:
-        raise DataError(f"class {missing[0]!r} has no usable training image",
-                        hint="add images to it, or lower --testing_percentage/--validation_percentage")
+    parts = split_bottlenecks(index.labels, bottlenecks)
     return FeatureSet(
         image_dir=index.root, labels=index.labels, backbone=backbone, runtime=bottlenecks.runtime,
         x_train=parts["training"][1], y_train=parts["training"][2],

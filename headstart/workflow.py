@@ -216,6 +216,31 @@ def extract_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cach
 # ---------------------------------------------------------------- retrain
 
 
+Split = tuple[tuple[ImageRecord, ...], np.ndarray, np.ndarray]
+
+
+def split_bottlenecks(labels: Sequence[str], bottlenecks: Bottlenecks) -> dict[str, Split]:
+    """``split -> (records, vectors, class ids)`` for training, validation and testing.
+
+    Checked before any training: every class needs a usable training image and
+    the test split must not be empty (images skipped during extraction can
+    empty either).
+    """
+    ids = {label: i for i, label in enumerate(labels)}
+    splits: dict[str, Split] = {}
+    for split in ("training", "validation", "testing"):
+        records, vectors = bottlenecks.select(split)
+        splits[split] = (records, vectors, np.array([ids[r.label] for r in records], dtype=np.int64))
+    missing = [label for label in labels if not np.any(splits["training"][2] == ids[label])]
+    if missing:
+        raise DataError(f"class {missing[0]!r} has no usable training image",
+                        hint="add images to it, or lower --testing_percentage/--validation_percentage")
+    if len(splits["testing"][2]) == 0:
+        raise DataError("no usable test image: the test split is empty",
+                        hint="raise --testing_percentage or add images")
+    return splits
+
+
 def add_distorted_copies(config: RetrainConfig, records: Sequence[ImageRecord], x_train: np.ndarray,
                          y_train: np.ndarray, backbone: Backbone, runtime: RuntimeChoice | None,
                          label_ids: dict[str, int]) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
@@ -261,15 +286,8 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
     bottleneck_s = time.perf_counter() - start
 
     label_ids = {label: i for i, label in enumerate(index.labels)}
-    splits = {}
-    for split in ("training", "validation", "testing"):
-        records, vectors = bottlenecks.select(split)
-        splits[split] = (records, vectors, np.array([label_ids[r.label] for r in records], dtype=np.int64))
+    splits = split_bottlenecks(index.labels, bottlenecks)
     train_records, x_train, y_train = splits["training"]
-    missing = [lab for lab in index.labels if not np.any(y_train == label_ids[lab])]
-    if missing:
-        raise DataError(f"class {missing[0]!r} has no usable training image",
-                        hint="add images to it, or lower --testing_percentage/--validation_percentage")
     _, x_val, y_val = splits["validation"]
 
     distorted: dict[str, int] | None = None
@@ -286,9 +304,6 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
         log.warning("training diverged (the loss became NaN or infinite); lower --learning_rate")
 
     test_records, x_test, y_test = splits["testing"]
-    if len(y_test) == 0:
-        raise DataError("no usable test image: the test split is empty",
-                        hint="raise --testing_percentage or add images")
     chosen = _sample_test(len(y_test), config.test_batch_size, config.seed)
     test_records = tuple(test_records[i] for i in chosen)
     proba = head.predict_proba(x_test[chosen])
