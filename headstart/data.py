@@ -10,8 +10,9 @@ starts here:
   one *file* is a :class:`SkippedImage`, never an exception.
 * :func:`which_split` is retrain.py's stable hash split, computed on the path
   relative to ``image_dir`` so moving the folder keeps every image in its set.
-* :func:`load_image` decodes one image exactly like timm's evaluation
-  transform (resize the shorter side, centre crop), tolerating the photos
+* :func:`load_image` decodes one image with timm's evaluation geometry
+  (resize the shorter side, centre crop; see :mod:`headstart.resize` for how
+  the resampling stays fast), tolerating the photos
   people actually have: EXIF-rotated, transparent, 16-bit, CMYK, animated,
   truncated, or not images at all.
 """
@@ -31,6 +32,7 @@ import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -38,6 +40,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from headstart.errors import DataError, ImageError, UsageError
+from headstart.resize import PIL_RESAMPLE, resize
 
 log = logging.getLogger("headstart")
 
@@ -52,26 +55,21 @@ MIN_IMAGES_PER_CLASS = 20  # fewer is allowed but warned about, as retrain.py di
 # Bump whenever load_image() can return different pixels for the same file and
 # Preprocessing (new draft rule, alpha handling ...): it is part of
 # Preprocessing.fingerprint(), so cached bottlenecks are recomputed.
-DECODER_VERSION = "1"
+DECODER_VERSION = "2"  # 2: downscaling by 2x supersampling (headstart.resize)
 
-_RESAMPLE = {
-    "bicubic": Image.Resampling.BICUBIC,
-    "bilinear": Image.Resampling.BILINEAR,
-    "nearest": Image.Resampling.NEAREST,
-}
 # Formats whose extensions we accept.  Naming them stops PIL from trying every
 # plugin it has (EPS would even run Ghostscript) on a file that only claims to
 # be a photo.  PIL's JPEG opener also returns MPO (many camera JPEGs).
 _FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF")
 _JPEG_FORMATS = frozenset({"JPEG", "MPO"})
-_TRANSPOSE = {  # EXIF orientation -> the transpose that shows it upright (as ImageOps.exif_transpose)
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
+_UPRIGHT = {  # EXIF orientation -> what shows the [row, column, channel] array upright (as ImageOps.exif_transpose)
+    2: lambda a: a[:, ::-1],  # flip left-right
+    3: lambda a: a[::-1, ::-1],  # rotate 180
+    4: lambda a: a[::-1],  # flip top-bottom
+    5: lambda a: a.transpose(1, 0, 2),  # transpose
+    6: lambda a: np.rot90(a, -1),  # rotate 90 clockwise
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),  # transverse
+    8: lambda a: np.rot90(a, 1),  # rotate 90 counter-clockwise
 }
 _EXIF_ORIENTATION = 0x0112
 _ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
@@ -113,9 +111,9 @@ class Preprocessing:
             raise ValueError(f"Preprocessing.input_size must be a positive int, got {self.input_size!r}")
         if not _is_real(self.crop_pct) or not 0 < self.crop_pct <= 1:
             raise ValueError(f"Preprocessing.crop_pct must be a number in (0, 1], got {self.crop_pct!r}")
-        if not isinstance(self.interpolation, str) or self.interpolation not in _RESAMPLE:
+        if not isinstance(self.interpolation, str) or self.interpolation not in PIL_RESAMPLE:
             raise ValueError(
-                f"Preprocessing.interpolation must be one of {', '.join(_RESAMPLE)}, got {self.interpolation!r}"
+                f"Preprocessing.interpolation must be one of {', '.join(PIL_RESAMPLE)}, got {self.interpolation!r}"
             )
         object.__setattr__(self, "crop_pct", float(self.crop_pct))
         for field in ("mean", "std"):
@@ -553,9 +551,10 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
-def _open(source: Path | bytes) -> Image.Image:
-    """Open lazily (header only).  A path is read into memory first so no file
-    I/O happens under the open lock, and a file is read exactly once."""
+def _open(source: Path | bytes) -> tuple[Image.Image, bytes]:
+    """Open lazily (header only), and the file's bytes.  A path is read into
+    memory first so no file I/O happens under the open lock, and a file is read
+    exactly once."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         payload = source
     else:
@@ -572,7 +571,7 @@ def _open(source: Path | bytes) -> Image.Image:
     if len(payload) == 0:
         raise _Unusable("empty file (0 bytes)", _HINT_BAD_IMAGE)
     try:
-        return _open_unchecked(io.BytesIO(payload))
+        return _open_unchecked(io.BytesIO(payload)), bytes(payload)
     except UnidentifiedImageError:
         raise _Unusable("not an image (unrecognised format)", _HINT_BAD_IMAGE) from None
 
@@ -595,45 +594,72 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _oriented(img: Image.Image) -> Image.Image:
-    """Apply the EXIF orientation (what every photo viewer does) so the
-    network sees the photo upright.  Unreadable EXIF is ignored, not fatal."""
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright).  Unreadable EXIF counts as
+    upright, not as a broken image."""
     try:
         orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:  # corrupt EXIF: PIL raises assorted errors
-        return img
-    method = _TRANSPOSE.get(orientation) if isinstance(orientation, int) else None
-    return img if method is None else img.transpose(method)
+        return 1
+    return orientation if isinstance(orientation, int) else 1
 
 
-def _resize_center_crop(img: Image.Image, prep: Preprocessing) -> np.ndarray:
+def _upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply the EXIF orientation (what every photo viewer does) so the
+    network sees the photo upright."""
+    turn = _UPRIGHT.get(orientation)
+    return pixels if turn is None else np.ascontiguousarray(turn(pixels))
+
+
+@lru_cache(maxsize=1)
+def _simplejpeg() -> Any:
+    import simplejpeg
+
+    return simplejpeg
+
+
+def _decode_jpeg(payload: bytes, scale: int) -> np.ndarray | None:
+    """libjpeg-turbo straight into a numpy array, at 1/``scale`` size: the same
+    pixels as PIL's decoder (the same library, the same settings) without PIL's
+    copy into numpy, which costs most of a decode on photos.  ``None`` when
+    libjpeg reports anything at all: PIL then decodes the file and decides."""
+    simplejpeg = _simplejpeg()
+    try:
+        h, w, _, _ = simplejpeg.decode_jpeg_header(payload)
+        # The largest reduction that keeps both sides >= these is exactly 1/scale.
+        return simplejpeg.decode_jpeg(payload, "RGB", strict=True, min_width=-(-w // scale),
+                                      min_height=-(-h // scale))
+    except ValueError:
+        return None
+
+
+def _resize_center_crop(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
     """timm's eval geometry: torchvision ``Resize(shorter side)`` then
-    ``CenterCrop``, pixel for pixel.
+    ``CenterCrop``.
 
     For extreme aspect ratios (a 1x10000 strip would need a 256x2560000
     intermediate) only the cropped box is resampled: nearly the same pixels,
     without the gigabytes.
     """
     size, scale = prep.input_size, prep.resize_size
-    w, h = img.size
+    h, w = pixels.shape[:2]
     if w <= h:
         new_w, new_h = scale, int(scale * h / w)
     else:
         new_w, new_h = int(scale * w / h), scale
     top = int(round((new_h - size) / 2.0))
     left = int(round((new_w - size) / 2.0))
-    resample = _RESAMPLE[prep.interpolation]
     if new_w * new_h > _MAX_ASPECT * scale * scale:
         sx, sy = w / new_w, h / new_h
         box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
-        return np.array(img.resize((size, size), resample, box=box), dtype=np.uint8)
-    if (new_w, new_h) != img.size:
-        img = img.resize((new_w, new_h), resample)
+        crop = Image.fromarray(pixels).resize((size, size), PIL_RESAMPLE[prep.interpolation], box=box)
+        return np.array(crop, dtype=np.uint8)
+    resized = resize(pixels, (new_w, new_h), prep.interpolation)
     # Crop in numpy: Image.crop() would apply PIL's global bomb check to the result.
-    return np.array(np.asarray(img, dtype=np.uint8)[top : top + size, left : left + size])
+    return np.array(resized[top : top + size, left : left + size])
 
 
-def _distorted(img: Image.Image, prep: Preprocessing, distortion: Distortion, seed: str) -> np.ndarray:
+def _distorted(pixels: np.ndarray, prep: Preprocessing, distortion: Distortion, seed: str) -> np.ndarray:
     """retrain.py's distortions on top of the evaluation geometry: scale up by the crop
     margin and a random scale, crop ``input_size`` at a random place, maybe flip, scale
     the brightness."""
@@ -641,10 +667,10 @@ def _distorted(img: Image.Image, prep: Preprocessing, distortion: Distortion, se
     scale = (1 + distortion.random_crop / 100) * rng.uniform(1.0, 1 + distortion.random_scale / 100)
     size = prep.input_size
     shorter = max(size, int(round(prep.resize_size * scale)))
-    w, h = img.size
+    h, w = pixels.shape[:2]
     new_w, new_h = (shorter, max(shorter, int(shorter * h / w))) if w <= h else (max(shorter, int(shorter * w / h)),
                                                                                 shorter)
-    array = np.asarray(img.resize((new_w, new_h), _RESAMPLE[prep.interpolation]), dtype=np.uint8)
+    array = resize(pixels, (new_w, new_h), prep.interpolation)
     # The crop moves only within the (scaled) region the evaluation crop shows:
     # without random_crop or random_scale it stays centred, as evaluation's does.
     region = max(size, int(round(size * scale)))
@@ -662,7 +688,8 @@ def _distorted(img: Image.Image, prep: Preprocessing, distortion: Distortion, se
 
 def _decode(source: Path | bytes, prep: Preprocessing, max_pixels: int,
             distortion: Distortion | None = None, seed: str = "") -> np.ndarray:
-    with _open(source) as img:
+    img, payload = _open(source)
+    with img:
         fmt = img.format or "image"
         w, h = img.size
         if w * h > max_pixels:
@@ -671,19 +698,24 @@ def _decode(source: Path | bytes, prep: Preprocessing, max_pixels: int,
                 "if the image is genuine, shrink it or raise max_pixels",
             )
         try:
+            pixels = None
             if fmt in _JPEG_FORMATS:
                 # Let libjpeg decode at 1/2, 1/4 or 1/8 scale while both sides
                 # stay >= the resize target: several times faster on photos.
                 target = prep.resize_size
                 if distortion is not None and distortion.active:
                     target = int(target * (1 + distortion.random_crop / 100) * (1 + distortion.random_scale / 100))
-                img.draft("RGB", (target, target))
-            img.load()
-            rgb = _to_rgb(_oriented(img))
+                drafted = img.draft("RGB", (target, target))
+                if drafted is not None and img.mode == "RGB":  # CMYK and grey JPEGs: PIL converts
+                    pixels = _decode_jpeg(payload, round(w / drafted[1][2]))
+            if pixels is None:
+                img.load()
+                pixels = np.asarray(_to_rgb(img), dtype=np.uint8)
+            pixels = _upright(pixels, _orientation(img))
             if distortion is not None and distortion.active:
-                out = _distorted(rgb, prep, distortion, seed)
+                out = _distorted(pixels, prep, distortion, seed)
             else:
-                out = _resize_center_crop(rgb, prep)
+                out = _resize_center_crop(pixels, prep)
         except MemoryError:
             raise
         except Image.DecompressionBombError as err:

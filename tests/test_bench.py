@@ -112,7 +112,7 @@ def test_cli_bench_usage_errors(argv, words, capsys):
 @pytest.mark.parametrize("code", ["import headstart", "from headstart.cli import build_parser; build_parser()"])
 def test_start_up_imports_nothing_heavy(code):
     """``import headstart`` and ``headstart --help`` must not load torch, timm or a runtime."""
-    heavy = ("torch", "timm", "onnxruntime", "openvino", "onnx", "matplotlib", "sklearn")
+    heavy = ("torch", "timm", "onnxruntime", "openvino", "onnx", "matplotlib", "sklearn", "cv2")
     check = f"{code}\nimport sys\nprint(','.join(m for m in {heavy!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == ""
