@@ -1,6 +1,6 @@
 """Where the time goes in bottleneck extraction: decoding, the pipeline, the network.
 
-    python benchmarks/profile_pipeline.py IMAGE_DIR [--runtime auto] [--workers 2] [--batch_size 32]
+    python benchmarks/profile_pipeline.py IMAGE_DIR [--runtime auto] [--workers 2] [--batch_size 16]
 
 Prints one JSON object: single-thread decode cost per image, the decode-only
 rate of the thread and process pools, the pipeline's rate with a network that
@@ -25,7 +25,7 @@ def main() -> None:
     parser.add_argument("--runtime", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--workers", type=int, default=None)
-    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--limit", type=int, default=1000)
     args = parser.parse_args()
 

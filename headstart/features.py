@@ -27,11 +27,10 @@ from .cache import BottleneckCache
 from .data import Distortion, ImageRecord, Preprocessing, SkippedImage, load_image
 from .errors import HeadstartError, ImageError, UsageError
 from .progress import Progress
-from .runtimes import Runner, RuntimeChoice, create_runner, resolve_runtime
+from .runtimes import DEFAULT_BATCH_SIZE, Runner, RuntimeChoice, create_runner, resolve_runtime
 
 log = logging.getLogger("headstart")
 
-DEFAULT_BATCH_SIZE = 32
 MAX_SKIP_WARNINGS = 10  # beyond this the run's summary and skipped.csv carry the list
 
 

@@ -28,6 +28,7 @@ from .errors import DataError, HeadstartError, ModelError, UsageError
 from .features import MAX_SKIP_WARNINGS, Bottlenecks, compute_bottlenecks
 from .head import SoftmaxHead, TrainStep
 from .metrics import Evaluation, evaluate as evaluate_predictions
+from .runtimes import DEFAULT_BATCH_SIZE
 from .runtimes import RuntimeChoice, resolve_runtime, available_runtimes
 
 log = logging.getLogger("headstart")
@@ -81,7 +82,7 @@ class RetrainConfig:
     random_brightness: float = 0.0
     distorted_copies: int = DEFAULT_DISTORTED_COPIES
     seed: int = 0
-    extraction_batch_size: int = 32
+    extraction_batch_size: int = DEFAULT_BATCH_SIZE
     workers: int | None = None
     strict: bool = False
     progress: bool = True
@@ -209,7 +210,7 @@ def extract_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cach
     if config is not None:
         runtime, precision, progress = config.runtime, config.precision, config.progress
     return compute_bottlenecks(records, backbone, cache, runtime=runtime, precision=precision,
-                               batch_size=config.extraction_batch_size if config else 32,
+                               batch_size=config.extraction_batch_size if config else DEFAULT_BATCH_SIZE,
                                workers=config.workers if config else None, progress=progress)
 
 

@@ -27,7 +27,9 @@ def register(sub: Any) -> None:
          help="precision of the end-to-end run (default: the runtime's best accurate one)")
     flag(p, "--ceilings", default=None,
          help="comma-separated runtimes to measure model-only, e.g. openvino-bf16,onnxruntime (default: all)")
-    flag(p, "--batch_size", type=int, default=32, help="images per network call (default: %(default)s)")
+    from ..runtimes import DEFAULT_BATCH_SIZE
+
+    flag(p, "--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="images per network call (default: %(default)s)")
     flag(p, "--workers", type=int, default=None, help="image decoders (default: one per core)")
     flag(p, "--decode", choices=["auto", "threads", "processes"], default="auto",
          help="decode in threads or worker processes (default: processes for cuda, else threads)")
