@@ -247,8 +247,11 @@ def bench_extract(image_dir: str | Path, *, backbone: str = "efficientnet_lite0"
     # other runtimes, then its ceiling again (the higher one is kept).  Running
     # other runtimes before the end-to-end run cost it a few percent (their
     # threads and memory stay behind), which is not what a user's run sees.
+    def build(c: RuntimeChoice) -> Runner:
+        return create_runner(resolved, c, model_dir, compile=compile and c.runtime in ("torch", "cuda"))
+
     t0 = time.perf_counter()
-    main_runner = create_runner(resolved, choice, model_dir, compile=compile and choice.runtime in ("torch", "cuda"))
+    main_runner = build(choice)
     model_seconds = time.perf_counter() - t0
     measure(choice, main_runner)
 
@@ -260,7 +263,7 @@ def bench_extract(image_dir: str | Path, *, backbone: str = "efficientnet_lite0"
 
     for c in wanted:
         if c != choice:
-            runner = create_runner(resolved, c, model_dir, compile=compile and c.runtime in ("torch", "cuda"))
+            runner = build(c)
             measure(c, runner)
             del runner
     measure(choice, main_runner)

@@ -618,17 +618,14 @@ def _simplejpeg() -> Any:
     return simplejpeg
 
 
-def _decode_jpeg(payload: bytes, scale: int) -> np.ndarray | None:
-    """libjpeg-turbo straight into a numpy array, at 1/``scale`` size: the same
-    pixels as PIL's decoder (the same library, the same settings) without PIL's
-    copy into numpy, which costs most of a decode on photos.  ``None`` when
+def _decode_jpeg(payload: bytes, size: tuple[int, int]) -> np.ndarray | None:
+    """libjpeg-turbo straight into a numpy array of ``size`` (width, height): the
+    size PIL's draft mode chose, so the same pixels as PIL's decoder (the same
+    library, the same settings) without PIL's copy into numpy.  ``None`` when
     libjpeg reports anything at all: PIL then decodes the file and decides."""
-    simplejpeg = _simplejpeg()
     try:
-        h, w, _, _ = simplejpeg.decode_jpeg_header(payload)
-        # The largest reduction that keeps both sides >= these is exactly 1/scale.
-        return simplejpeg.decode_jpeg(payload, "RGB", strict=True, min_width=-(-w // scale),
-                                      min_height=-(-h // scale))
+        # The largest reduction that keeps both sides >= ``size`` is the draft's 1/2, 1/4 or 1/8.
+        return _simplejpeg().decode_jpeg(payload, "RGB", strict=True, min_width=size[0], min_height=size[1])
     except ValueError:
         return None
 
@@ -707,7 +704,7 @@ def _decode(source: Path | bytes, prep: Preprocessing, max_pixels: int,
                     target = int(target * (1 + distortion.random_crop / 100) * (1 + distortion.random_scale / 100))
                 drafted = img.draft("RGB", (target, target))
                 if drafted is not None and img.mode == "RGB":  # CMYK and grey JPEGs: PIL converts
-                    pixels = _decode_jpeg(payload, round(w / drafted[1][2]))
+                    pixels = _decode_jpeg(payload, img.size)
             if pixels is None:
                 img.load()
                 pixels = np.asarray(_to_rgb(img), dtype=np.uint8)

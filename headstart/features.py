@@ -2,8 +2,8 @@
 
 The pipeline: look every image up in the cache by content hash; decode the
 misses in a pool of threads (libjpeg-turbo, Pillow and OpenCV release the GIL
-while they decode and resize) a bounded number of batches ahead of the network; run the network
-on full batches; commit each batch to the cache as soon as it is computed, so
+while they decode and resize) a bounded number of batches ahead of the network;
+run the network on full batches; commit each batch to the cache as soon as it is computed, so
 an interrupted run loses at most one batch.  Memory is bounded by the
 look-ahead, not by the size of the folder.
 """
@@ -123,8 +123,8 @@ def decode_ahead(paths: Sequence[Path], prep: Preprocessing, batch_size: int, wo
     """Yield ``(position, image, error)`` in order, decoding a bounded distance ahead.
 
     ``mode="threads"``: the decoders (libjpeg-turbo, Pillow, OpenCV) release
-    the GIL while they decode and resize, so threads overlap with each other and with the network and cost nothing
-    to start.  ``mode="processes"``: no GIL at all, for machines where the
+    the GIL while they decode and resize, so threads overlap with each other and
+    with the network and cost nothing to start.  ``mode="processes"``: no GIL at all, for machines where the
     Python part of decoding becomes the limit (many cores, a GPU to feed).
     At most ``lookahead_batches`` batches are in flight, which bounds memory
     whatever the size of the folder.  ``distortion`` (with one ``seeds`` entry,

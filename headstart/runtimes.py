@@ -35,7 +35,7 @@ log = logging.getLogger("headstart")
 
 RUNTIMES = ("torch", "cuda", "onnxruntime", "openvino")
 # Images per network call.  OpenVINO bf16 ran 5-10 % faster in batches of 16 than
-# of 32 on a 2-core CPU, end to end about 4 % (docs/PERFORMANCE.md); a GPU waits
+# of 32 on a 2-core CPU, end to end about 6 % (docs/PERFORMANCE.md); a GPU waits
 # for decoding whatever the batch; the vectors do not depend on it.
 DEFAULT_BATCH_SIZE = 16
 PRECISIONS = ("fp32", "fp16", "bf16")

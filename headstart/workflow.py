@@ -28,8 +28,7 @@ from .errors import DataError, HeadstartError, ModelError, UsageError
 from .features import MAX_SKIP_WARNINGS, Bottlenecks, compute_bottlenecks
 from .head import SoftmaxHead, TrainStep
 from .metrics import Evaluation, evaluate as evaluate_predictions
-from .runtimes import DEFAULT_BATCH_SIZE
-from .runtimes import RuntimeChoice, resolve_runtime, available_runtimes
+from .runtimes import DEFAULT_BATCH_SIZE, RuntimeChoice, available_runtimes, resolve_runtime
 
 log = logging.getLogger("headstart")
 

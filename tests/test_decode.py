@@ -182,7 +182,8 @@ def test_fast_jpeg_decode_gives_pils_pixels(photos, encode, save_args, scale):
     payload = encode(photos["coffee"], "JPEG", **save_args)
     img = Image.open(io.BytesIO(payload))
     img.draft("RGB", (600 // scale, 400 // scale))
-    assert np.array_equal(data._decode_jpeg(payload, scale), np.asarray(img.convert("RGB")))
+    assert img.size == (600 // scale, 400 // scale)
+    assert np.array_equal(data._decode_jpeg(payload, img.size), np.asarray(img.convert("RGB")))
 
 
 def test_photos_take_the_fast_jpeg_path(photos, encode, prep, monkeypatch):
@@ -198,7 +199,7 @@ def test_jpeg_libjpeg_warns_about_is_left_to_pil(photos, encode, prep):
     rest as grey, as it always did; the fast path declines rather than guess."""
     payload = encode(photos["chelsea"], "JPEG", quality=90)
     damaged = payload[: len(payload) // 2] + b"\xff\xd9"
-    assert data._decode_jpeg(damaged, 1) is None
+    assert data._decode_jpeg(damaged, (451, 300)) is None
     decoded = Image.open(io.BytesIO(damaged)).convert("RGB")
     assert np.array_equal(load_image(damaged, prep), reference_load(decoded, prep, encode))
 
