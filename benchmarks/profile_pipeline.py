@@ -76,13 +76,13 @@ def main() -> None:
 
 
 def resample_costs(payloads: list[bytes], prep) -> dict[str, float]:
-    """ms per image of the resize before the crop alone, headstart's (headstart.resize) against
+    """ms per image of the resize before the crop alone, headstart's (headstart.data.resize) against
     Pillow's (what timm's transform runs), on the same decoded images, one thread."""
     import io
 
     from PIL import Image
 
-    from headstart.resize import PIL_RESAMPLE, resize
+    from headstart.data.resize import PIL_RESAMPLE, resize
 
     jobs = []
     for payload in payloads:

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .data import Preprocessing
+from .data.decode import Preprocessing
 from .errors import OfflineError, UsageError
+from .files import sha256_file
 
 log = logging.getLogger("headstart")
 
@@ -128,14 +129,6 @@ class BackboneInfo:
     description: str
 
 
-def sha256_path(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _package_weights(spec: BackboneSpec) -> Path | None:
     """Path of the weights file shipped by ``spec.package``, without importing torch."""
     if spec.package is None:
@@ -203,11 +196,11 @@ def _resolve(name: str, weights: str | Path | None) -> Backbone:
         path = Path(weights).expanduser()
         if not path.is_file():
             raise UsageError(f"weights file not found: {path}", hint="pass the path of a .safetensors or .pth file")
-        return Backbone(name, timm_name, prep, path.resolve(), sha256_path(path), num_features, spec)
+        return Backbone(name, timm_name, prep, path.resolve(), sha256_file(path), num_features, spec)
 
     packaged = _package_weights(spec) if spec else None
     if packaged is not None:
-        return Backbone(name, timm_name, prep, packaged, sha256_path(packaged), num_features, spec)
+        return Backbone(name, timm_name, prep, packaged, sha256_file(packaged), num_features, spec)
     if spec is not None and spec.package is not None:
         pip_name = spec.package.replace("_", "-")
         raise UsageError(f"the weights of {name} are not installed",
@@ -249,7 +242,7 @@ def _resolve_hub(name: str, timm_name: str, prep: Preprocessing, num_features: i
     from huggingface_hub import hf_hub_download
 
     def found(path: str) -> Backbone:
-        return Backbone(name, timm_name, prep, Path(path), sha256_path(Path(path)), num_features, spec)
+        return Backbone(name, timm_name, prep, Path(path), sha256_file(Path(path)), num_features, spec)
 
     for filename in _HUB_FILES:
         try:

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from headstart.checks import is_int as _is_int
 from headstart.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -611,10 +612,6 @@ class _ClassBalancedSampler:
 
 
 # ---------------------------------------------------------------------- input checks
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
 def _as_features(X: Any, name: str, n_features: int | None = None) -> np.ndarray:
     """A C-contiguous float32 [N, F] array of finite values, or a ValueError saying what is wrong."""
     arr = np.asarray(X)

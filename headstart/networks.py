@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .backbones import Backbone
-from .data import Preprocessing
+from .data.decode import Preprocessing
 from .errors import ModelError
 
 

@@ -1,4 +1,4 @@
-"""Index and split: headstart.data.index_image_dir, which_split and friends."""
+"""Index and split: headstart.data.index (index_image_dir, which_split, find_images and friends)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headstart import data
+from headstart import files
 from headstart.data import (
     MAX_NUM_IMAGES_PER_CLASS,
     SPLITS,
     ImageIndex,
+    find_images,
     index_image_dir,
+    list_image_files,
     sha256_file,
     which_split,
 )
@@ -391,7 +393,7 @@ def test_unreadable_file_is_skipped(make_image_dir, monkeypatch):
     if os.geteuid() != 0:
         locked.chmod(0)  # a real permission error
     else:
-        # root reads anything, so make data.py's own open() refuse that one file
+        # root reads anything, so make the hashing's own open() refuse that one file
         real_open = open
 
         def refusing_open(path, *args, **kwargs):
@@ -399,10 +401,50 @@ def test_unreadable_file_is_skipped(make_image_dir, monkeypatch):
                 raise PermissionError(13, "Permission denied", str(path))
             return real_open(path, *args, **kwargs)
 
-        monkeypatch.setattr(data, "open", refusing_open, raising=False)
+        monkeypatch.setattr(files, "open", refusing_open, raising=False)
     try:
         index = index_image_dir(root, 0, 0)
     finally:
         locked.chmod(0o644)
     assert [(s.path, s.reason) for s in index.skipped] == [(locked, "permission denied")]
     assert len(index.records) == 5
+
+
+# --------------------------------------------------------------------------- finding image files
+
+
+def test_list_image_files_skips_hidden_and_non_images(tmp_path, write_image):
+    write_image(tmp_path / "b.png")
+    write_image(tmp_path / "sub" / "a.JPG")
+    write_image(tmp_path / "sub" / "deeper" / "c.webp")
+    write_image(tmp_path / ".hidden.png")
+    write_image(tmp_path / ".thumbs" / "d.png")
+    write_image(tmp_path / "sub" / ".e.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    found = list_image_files(tmp_path)
+    assert found == [tmp_path / "b.png", tmp_path / "sub" / "a.JPG", tmp_path / "sub" / "deeper" / "c.webp"]
+
+
+def test_list_image_files_survives_a_link_loop(tmp_path, write_image, caplog):
+    write_image(tmp_path / "cats" / "1.png")
+    (tmp_path / "cats" / "again").symlink_to(tmp_path / "cats", target_is_directory=True)
+    with caplog.at_level("WARNING", logger="headstart"):
+        assert list_image_files(tmp_path / "cats") == [tmp_path / "cats" / "1.png"]
+    assert "symbolic link loop" in caplog.text
+
+
+def test_find_images_takes_files_and_folders(tmp_path, write_image):
+    write_image(tmp_path / "photos" / "x.png")
+    write_image(tmp_path / "photos" / ".hidden" / "y.png")
+    (tmp_path / "given.dat").write_bytes(b"a file named directly is taken as it is")
+    assert find_images([tmp_path / "given.dat", str(tmp_path / "photos")]) == [
+        tmp_path / "given.dat", tmp_path / "photos" / "x.png"]
+
+
+def test_find_images_refuses_missing_paths_and_empty_folders(tmp_path):
+    with pytest.raises(UsageError, match="no such file or folder: .*missing") as err:
+        find_images([tmp_path / "missing"])
+    assert err.value.exit_code == 2
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no images found in .*empty"):
+        find_images([tmp_path / "empty"])

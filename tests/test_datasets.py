@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from headstart import datasets
-from headstart.datasets import (FASHION_MNIST_LABELS, DatasetInfo, download_flowers, list_datasets,
+from headstart.data import datasets
+from headstart.data.datasets import (FASHION_MNIST_LABELS, DatasetInfo, download_flowers, list_datasets,
                                 write_fashion_mnist)
 from headstart.errors import DataError, OfflineError, UsageError
 
@@ -202,6 +202,12 @@ def test_missing_file_in_source_folder(tmp_path: Path) -> None:
 def test_bad_arguments_are_usage_errors(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(UsageError):
         write_fashion_mnist(tmp_path, **kwargs)
+
+
+def test_old_module_name_is_the_same_module() -> None:
+    import headstart.datasets
+
+    assert headstart.datasets is datasets  # so setting an attribute through either name is seen by both
 
 
 def test_list_datasets_describes_both() -> None:

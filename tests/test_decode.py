@@ -1,4 +1,4 @@
-"""Decoding: headstart.data.load_image and Preprocessing, on real photos."""
+"""Decoding: headstart.data.decode (load_image and Preprocessing), on real photos."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile, JpegImagePlugin
 
-from headstart import data
+from headstart.data import decode
 from headstart.data import DEFAULT_MAX_PIXELS, Preprocessing, load_image
 from headstart.errors import ImageError
 
@@ -75,7 +75,7 @@ def test_upscaling_matches_timm_eval_transform(timm_data, photos, encode, tmp_pa
 @pytest.mark.parametrize("input_size, crop_pct", [(224, 0.875), (160, 1.0)])
 def test_downscaling_stays_within_a_grey_level_of_timm(timm_data, photos, encode, tmp_path, interpolation,
                                                        input_size, crop_pct):
-    """Photos larger than the input are resampled with OpenCV (headstart.resize), not Pillow:
+    """Photos larger than the input are resampled with OpenCV (headstart.data.resize), not Pillow:
     on average within about a grey level of timm's (bicubic: 0.3-1.1 here; bilinear, whose
     Pillow filter widens with the scale, up to 2), never far from it.  Nearest neighbour,
     which has no antialiasing, is timm's exactly."""
@@ -183,13 +183,13 @@ def test_fast_jpeg_decode_gives_pils_pixels(photos, encode, save_args, scale):
     img = Image.open(io.BytesIO(payload))
     img.draft("RGB", (600 // scale, 400 // scale))
     assert img.size == (600 // scale, 400 // scale)
-    assert np.array_equal(data._decode_jpeg(payload, img.size), np.asarray(img.convert("RGB")))
+    assert np.array_equal(decode._decode_jpeg(payload, img.size), np.asarray(img.convert("RGB")))
 
 
 def test_photos_take_the_fast_jpeg_path(photos, encode, prep, monkeypatch):
     decoded = []
-    real = data._decode_jpeg
-    monkeypatch.setattr(data, "_decode_jpeg", lambda *args: decoded.append(real(*args)) or decoded[-1])
+    real = decode._decode_jpeg
+    monkeypatch.setattr(decode, "_decode_jpeg", lambda *args: decoded.append(real(*args)) or decoded[-1])
     load_image(encode(photos["coffee"], "JPEG", quality=90), prep)
     assert len(decoded) == 1 and decoded[0] is not None and decoded[0].shape == (400, 600, 3)
 
@@ -199,7 +199,7 @@ def test_jpeg_libjpeg_warns_about_is_left_to_pil(photos, encode, prep):
     rest as grey, as it always did; the fast path declines rather than guess."""
     payload = encode(photos["chelsea"], "JPEG", quality=90)
     damaged = payload[: len(payload) // 2] + b"\xff\xd9"
-    assert data._decode_jpeg(damaged, (451, 300)) is None
+    assert decode._decode_jpeg(damaged, (451, 300)) is None
     decoded = Image.open(io.BytesIO(damaged)).convert("RGB")
     assert np.array_equal(load_image(damaged, prep), reference_load(decoded, prep, encode))
 
@@ -366,7 +366,7 @@ def test_unreadable_file(photos, prep, encode, tmp_path, monkeypatch):
     path.write_bytes(encode(photos["chelsea"], "PNG"))
     if os.geteuid() != 0:
         path.chmod(0)  # a real permission error
-    else:  # root reads anything: refuse this one file where data.py reads it
+    else:  # root reads anything: refuse this one file where the decoder reads it
         real_read_bytes = Path.read_bytes
 
         def refusing(self):
@@ -483,6 +483,13 @@ def test_preprocessing_round_trips_through_json(prep):
     assert prep.resize_size == 256
 
 
+def test_numpy_input_size_is_stored_as_a_python_int(prep):
+    """Sizes often come out of numpy arithmetic; they must still go into JSON and the cache key."""
+    from_numpy = Preprocessing(np.int64(224), prep.crop_pct, prep.interpolation, prep.mean, prep.std)
+    assert type(from_numpy.input_size) is int and from_numpy == prep
+    assert from_numpy.fingerprint() == prep.fingerprint()
+
+
 def test_fingerprint_is_short_stable_and_sensitive(prep, monkeypatch):
     fp = prep.fingerprint()
     assert len(fp) == 16 and int(fp, 16) >= 0
@@ -496,7 +503,7 @@ def test_fingerprint_is_short_stable_and_sensitive(prep, monkeypatch):
         Preprocessing(224, 0.875, "bicubic", prep.mean, (0.5, 0.5, 0.5)),
     ]
     assert len({fp, *(v.fingerprint() for v in variants)}) == 6
-    monkeypatch.setattr(data, "DECODER_VERSION", data.DECODER_VERSION + "-next")
+    monkeypatch.setattr(decode, "DECODER_VERSION", decode.DECODER_VERSION + "-next")
     assert prep.fingerprint() != fp
     assert Preprocessing(224, 1, "bicubic", (0, 0, 0), (1, 1, 1)).to_dict()["crop_pct"] == 1.0
 

@@ -25,10 +25,11 @@ import pytest
 
 from headstart.bundle import load_bundle
 from headstart.cache import BottleneckCache
+from headstart.runtimes import DEFAULT_BATCH_SIZE
 
 from clitools import assert_one_line_error, run_cli, unprivileged_prefix
 
-BATCH = 32  # the extraction batch: one cache transaction each
+BATCH = DEFAULT_BATCH_SIZE  # the extraction batch: one cache transaction each
 CLASSES = ("Bag", "Coat", "Sandal", "Trouser")
 FLAGS = ("--how_many_training_steps", "200", "--no_report", "--workers", "1", "--format", "json")
 
