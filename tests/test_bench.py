@@ -12,9 +12,11 @@ import sys
 from dataclasses import FrozenInstanceError
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from headstart.bench import bench_extract, ceiling_choices, format_extract_bench, list_image_records
+from headstart.bench import (Timing, bench_extract, ceiling_choices, format_extract_bench, list_image_records,
+                             measure_ceiling, time_calls)
 from headstart.cli import main
 from headstart.errors import DataError
 from headstart.runtimes import resolve_runtime
@@ -75,6 +77,32 @@ def test_bench_extract_adds_the_end_to_end_runtime_to_the_ceilings(photo_dir, sh
     assert [c.key for c in result.ceilings] == ["openvino-fp32", "onnxruntime-fp32"]
     assert result.end_to_end.runtime == "onnxruntime" and result.end_to_end.images == 6
     assert result.end_to_end.decode == "processes"
+
+
+def test_time_calls_times_only_the_calls_after_warm_up():
+    done: list[int] = []
+    timing = time_calls(lambda: done.append(1), repeats=7, warmup=2)
+    assert len(done) == 9 and timing.calls == 7
+    assert timing.best_s == min(timing.seconds) and timing.p50_ms <= timing.p90_ms <= 1000 * max(timing.seconds)
+    assert sum(timing.seconds) <= timing.total_s and timing.calls_per_s == pytest.approx(7 / timing.total_s)
+    # With seconds as well, it stops only once both the count and the duration are reached.
+    timed = time_calls(lambda: None, seconds=0.05, repeats=3, warmup=0)
+    assert timed.calls >= 3 and timed.total_s >= 0.05
+    with pytest.raises(ValueError, match="seconds, repeats"):
+        time_calls(lambda: None)
+
+
+def test_timing_figures_follow_the_recorded_calls():
+    timing = Timing((0.004, 0.001, 0.003, 0.002), 0.01)
+    assert timing.p50_ms == pytest.approx(2.5) and timing.p90_ms == pytest.approx(3.7)
+    assert timing.best_s == 0.001 and timing.calls_per_s == pytest.approx(400.0)
+
+
+def test_measure_ceiling_counts_images_per_second_of_whole_batches():
+    batch = np.zeros((4, 8, 8, 3), np.uint8)
+    rate, batches, seconds = measure_ceiling(lambda b: b.astype(np.float32).mean(axis=(1, 2, 3)), batch,
+                                             seconds=0.05)
+    assert batches >= 2 and seconds >= 0.05 and rate == pytest.approx(4 * batches / seconds)
 
 
 def test_ceiling_choices_cover_each_runtime_at_fp32():

@@ -72,7 +72,7 @@ def _run_extract(args: argparse.Namespace) -> int:
 
 
 def _run_model(args: argparse.Namespace) -> int:
-    from ..export import bench_model, format_bench_rows
+    from ..bench import bench_model, format_bench_rows
 
     runtimes = None if args.runtime in (None, "auto") else [r for r in args.runtime.split(",") if r]
     rows = bench_model(args.model, image_dir=args.image_dir, runtimes=runtimes, progress=not args.quiet)

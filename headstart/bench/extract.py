@@ -1,4 +1,5 @@
-"""How fast are bottlenecks here, and how close is headstart to the machine's limit?
+"""The extraction benchmark (``headstart bench extract``): how fast are bottlenecks here, and how
+close is headstart to the machine's limit?
 
 Three numbers, measured in one run because a shared machine's speed drifts
 from minute to minute:
@@ -30,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from .data import IMAGE_EXTENSIONS, ImageRecord, load_image, sha256_file
-from .errors import DataError, UsageError
-from .runtimes import DEFAULT_BATCH_SIZE, Runner, RuntimeChoice
+from ..data import IMAGE_EXTENSIONS, ImageRecord, list_image_files, load_image, sha256_file
+from ..errors import DataError, UsageError
+from ..runtimes import DEFAULT_BATCH_SIZE, Runner, RuntimeChoice
+from .timing import time_calls
 
 log = logging.getLogger("headstart")
 
@@ -117,7 +119,7 @@ def describe_machine() -> Machine:
     except OSError:
         pass
     gpu = None
-    from .runtimes import cuda_available
+    from ..runtimes import cuda_available
 
     if cuda_available():
         import torch
@@ -136,7 +138,7 @@ def list_image_records(image_dir: Path, *, limit: int | None = None, workers: in
     root = Path(image_dir).expanduser()
     if not root.is_dir():
         raise DataError(f"image folder not found: {root}", hint="pass --image_dir, a folder of images")
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    paths = list_image_files(root)
     if limit is not None:
         paths = paths[:limit]
     if not paths:
@@ -167,22 +169,14 @@ def sample_batch(records: Sequence[ImageRecord], prep: Any, batch_size: int) -> 
 def measure_ceiling(runner: Runner, batch: np.ndarray, *, seconds: float = DEFAULT_SECONDS,
                     warmup: int = 2) -> tuple[float, int, float]:
     """``(images/s, batches, seconds)`` of ``runner`` on one preloaded batch, repeated."""
-    for _ in range(warmup):
-        runner(batch)
-    count = 0
-    start = time.perf_counter()
-    while True:
-        runner(batch)
-        count += 1
-        elapsed = time.perf_counter() - start
-        if elapsed >= seconds and count >= 2:
-            return count * len(batch) / elapsed, count, elapsed
+    timing = time_calls(lambda: runner(batch), seconds=seconds, repeats=2, warmup=warmup)
+    return timing.calls_per_s * len(batch), timing.calls, timing.total_s
 
 
 def ceiling_choices(available: Sequence[str] | None = None) -> list[RuntimeChoice]:
     """Each installed runtime at fp32 plus its best reduced precision where
     the hardware has it (what ``--runtime auto`` may pick)."""
-    from .runtimes import _best_precision, available_runtimes
+    from ..runtimes import _best_precision, available_runtimes
 
     choices: list[RuntimeChoice] = []
     for runtime in available if available is not None else available_runtimes():
@@ -211,10 +205,10 @@ def bench_extract(image_dir: str | Path, *, backbone: str = "efficientnet_lite0"
     bottleneck cache is a fresh temporary one, so every image is computed.
     ``crop_pct`` defaults to retrain's 1.0.
     """
-    from .backbones import resolve_backbone
-    from .cache import BottleneckCache, default_cache_dir
-    from .features import compute_bottlenecks, default_workers, resolve_decode_mode
-    from .runtimes import create_runner, resolve_runtime
+    from ..backbones import resolve_backbone
+    from ..cache import BottleneckCache, default_cache_dir
+    from ..features import compute_bottlenecks, default_workers, resolve_decode_mode
+    from ..runtimes import create_runner, resolve_runtime
 
     if batch_size < 1:
         raise UsageError(f"batch size must be positive, got {batch_size}",
@@ -279,7 +273,7 @@ def bench_extract(image_dir: str | Path, *, backbone: str = "efficientnet_lite0"
 
 
 def _parse_choice(text: str) -> RuntimeChoice:
-    from .runtimes import resolve_runtime
+    from ..runtimes import resolve_runtime
 
     runtime, _, precision = text.partition("-")
     return resolve_runtime(runtime, precision or "auto")
