@@ -5,7 +5,7 @@
 For each recipe and seed it trains the head on the training split and reports
 test accuracy (the run's own test split), accuracy on an optional held-out
 folder, and training time.  Bottlenecks come from the cache, so only training
-is timed.  The defaults in headstart/workflow.py were chosen from this table.
+is timed.  The defaults in headstart/config.py were chosen from this table.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from headstart.cache import BottleneckCache
 from headstart.data import index_image_dir
 from headstart.features import compute_bottlenecks
 from headstart.head import SoftmaxHead
-from headstart.workflow import DEFAULT_CROP_PCT, RETRAIN_PY_RECIPE
+from headstart.config import RETRAIN_PY_RECIPE, default
 
 RECIPES = {
     "retrain.py (sgd 0.01, 4000 steps)": dict(RETRAIN_PY_RECIPE),
@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--image_dir", type=Path, required=True)
     parser.add_argument("--holdout", type=Path, default=None, help="labelled folder never used in training")
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--crop_pct", type=float, default=DEFAULT_CROP_PCT)
+    parser.add_argument("--crop_pct", type=float, default=default("crop_pct"))
     parser.add_argument("--bottleneck_dir", type=Path, default=None)
     args = parser.parse_args()
 

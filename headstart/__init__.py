@@ -13,9 +13,11 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     # jobs
-    "retrain": "workflow", "RetrainConfig": "workflow", "RetrainResult": "workflow",
-    "label": "workflow", "label_imagenet": "workflow", "evaluate": "workflow",
-    "LabelResult": "workflow", "Prediction": "workflow", "RETRAIN_PY_RECIPE": "workflow",
+    "retrain": "train", "RetrainResult": "train",
+    "RetrainConfig": "config", "RETRAIN_PY_RECIPE": "config", "SETTINGS": "config",
+    "label": "inference", "label_imagenet": "inference", "evaluate": "inference", "LabelResult": "inference",
+    # a trained model
+    "load_model": "model", "Classifier": "model", "Prediction": "model",
     # building blocks
     "index_image_dir": "data", "load_image": "data", "ImageIndex": "data", "Preprocessing": "data",
     "resolve_backbone": "backbones", "list_backbones": "backbones", "Backbone": "backbones",

@@ -28,13 +28,14 @@ import secrets
 import shutil
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
+from .checks import is_int as _is_int
 from .data import Preprocessing
 from .errors import DataError, ModelError, UsageError
 
@@ -59,19 +60,59 @@ _OPTIONAL_DISTS = {
 
 
 @dataclass(frozen=True)
+class BackboneRecord:
+    """The manifest's ``backbone`` section: which network and weights made the bottlenecks, on what runtime."""
+
+    name: str
+    timm_name: str | None = None
+    weights_fingerprint: str | None = None
+    weights: str | None = None
+    num_features: int | None = None
+    runtime: str | None = None
+    precision: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> BackboneRecord:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class DataRecord:
+    """The manifest's ``data`` section: where the training images were and how they were split."""
+
+    image_dir: str
+    testing_percentage: float = 10.0
+    validation_percentage: float = 10.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> DataRecord:
+        return cls(str(d["image_dir"]), float(d.get("testing_percentage", 10.0)),
+                   float(d.get("validation_percentage", 10.0)))
+
+
+@dataclass(frozen=True)
 class Bundle:
     """Everything needed to rebuild a trained classifier, as read and verified from disk."""
 
     path: Path
     labels: tuple[str, ...]
-    backbone: dict
-    preprocessing: dict
+    backbone: BackboneRecord
+    preprocessing: Preprocessing
     head_tensors: dict[str, np.ndarray]
     head_config: dict
     hyperparameters: dict
     versions: dict
     created: str
-    metrics: dict | None
+    data: DataRecord | None
+    head_sha256: str
+    metrics: dict | None  # the run's results, for reports only: never an input to anything else
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -181,10 +222,6 @@ def _short(value: Any, limit: int = 60) -> str:
 
 def _fail(file: str, problem: str, hint: str = _HINT_RESTORE) -> ModelError:
     return ModelError(f"{file}: {problem}", hint=hint)
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _check_labels(labels: Any, where: str) -> tuple[str, ...]:
@@ -305,9 +342,10 @@ def _check_extra_name(name: str) -> PurePosixPath:
     return rel
 
 
-def save_bundle(run_dir: str | Path, *, labels: Sequence[str], backbone: dict, preprocessing: dict,
-                head_tensors: Mapping[str, np.ndarray], head_config: dict, hyperparameters: dict,
-                metrics: dict | None = None, extra_files: dict[str, bytes | str] | None = None,
+def save_bundle(run_dir: str | Path, *, labels: Sequence[str], backbone: BackboneRecord | Mapping[str, Any],
+                preprocessing: Preprocessing | Mapping[str, Any], head_tensors: Mapping[str, np.ndarray],
+                head_config: dict, hyperparameters: dict, metrics: dict | None = None,
+                data: DataRecord | None = None, extra_files: dict[str, bytes | str] | None = None,
                 output_labels: str | Path | None = None) -> Path:
     """Write a bundle into ``run_dir`` atomically and return ``run_dir``.
 
@@ -340,8 +378,9 @@ def save_bundle(run_dir: str | Path, *, labels: Sequence[str], backbone: dict, p
         "format_version": FORMAT_VERSION,
         "created": datetime.now().astimezone().isoformat(timespec="seconds"),
         "labels": list(labels),
-        "backbone": dict(backbone),
-        "preprocessing": dict(preprocessing),
+        "backbone": backbone.to_dict() if isinstance(backbone, BackboneRecord) else dict(backbone),
+        "preprocessing": preprocessing.to_dict() if isinstance(preprocessing, Preprocessing) else dict(preprocessing),
+        **({"data": data.to_dict()} if data is not None else {}),
         "head_config": dict(head_config),
         "hyperparameters": dict(hyperparameters),
         "versions": versions(),
@@ -478,7 +517,12 @@ def load_bundle(run_dir: str | Path) -> Bundle:
         if not isinstance(metrics, dict):
             raise _fail(METRICS_NAME, "expected a JSON object", hint="delete it or re-evaluate the model")
 
-    return Bundle(path=root, labels=labels, backbone=manifest["backbone"],
-                  preprocessing=manifest["preprocessing"], head_tensors=tensors,
+    try:
+        data = DataRecord.from_dict(manifest["data"]) if isinstance(manifest.get("data"), dict) else None
+    except (KeyError, TypeError, ValueError):
+        raise _fail(MANIFEST_NAME, "'data' is malformed") from None
+    return Bundle(path=root, labels=labels, backbone=BackboneRecord.from_dict(manifest["backbone"]),
+                  preprocessing=Preprocessing.from_dict(manifest["preprocessing"]), head_tensors=tensors,
                   head_config=manifest["head_config"], hyperparameters=manifest["hyperparameters"],
-                  versions=manifest["versions"], created=manifest["created"], metrics=metrics)
+                  versions=manifest["versions"], created=manifest["created"], data=data,
+                  head_sha256=manifest["files"][HEAD_NAME]["sha256"], metrics=metrics)

@@ -61,6 +61,12 @@ def default_cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("headstart"))
 
 
+def models_dir(bottleneck_dir: str | Path | None = None) -> Path:
+    """Where converted backbones (ONNX, TensorRT engines) are kept: ``models/`` beside the bottlenecks."""
+    base = Path(bottleneck_dir).expanduser() if bottleneck_dir is not None else default_cache_dir()
+    return base / "models"
+
+
 @dataclass(frozen=True)
 class ExtractorStats:
     """What one extractor holds: its registered description, row count and vector size."""

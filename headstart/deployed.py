@@ -126,39 +126,12 @@ def read_model_info(path: str | Path) -> ModelInfo:
                      hint="copy the .json file written by 'headstart export' next to the model")
 
 
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def resolve_deployed_runtime(model_format: str, runtime: str = "auto", precision: str = "auto") -> tuple[str, str]:
-    """(runtime, compute precision) for an exported file; ``auto`` prefers OpenVINO, then ONNX Runtime.
+    """(runtime, compute precision) for an exported file: see :func:`headstart.runtimes.resolve_file_runtime`."""
+    from .runtimes import resolve_file_runtime
 
-    The file fixes the weights' precision (an int8 graph stays int8); ``precision``
-    only picks how the remaining float maths is done, fp32 unless bf16 is asked for.
-    """
-    if model_format == "tensorrt":
-        return "tensorrt", precision if precision != "auto" else "engine"
-    order = ["openvino", "onnxruntime"] if model_format == "onnx" else ["openvino"]
-    if runtime == "auto":
-        found = [r for r in order if _installed(r)]
-        if not found:
-            raise UsageError(f"no runtime for {model_format} models is installed",
-                             hint="pip install openvino (or onnxruntime for .onnx files)")
-        runtime = found[0]
-    elif runtime not in order:
-        raise UsageError(f"runtime {runtime} cannot run an exported {model_format} model",
-                         hint=f"use --runtime {' or '.join(order)}")
-    elif not _installed(runtime):
-        raise UsageError(f"runtime {runtime} is not installed", hint=f"pip install {runtime}")
-    precision = "fp32" if precision == "auto" else precision
-    allowed = ("fp32", "bf16") if runtime == "openvino" else ("fp32",)
-    if precision not in allowed:
-        raise UsageError(f"runtime {runtime} cannot compute an exported model in {precision}",
-                         hint=f"use --precision {' or '.join(allowed)}")
-    return runtime, precision
+    choice = resolve_file_runtime(model_format, runtime, precision)
+    return choice.runtime, choice.precision
 
 
 class DeployedModel:
@@ -169,14 +142,9 @@ class DeployedModel:
         self.info = read_model_info(path)
         self.path = self.info.path
         self.runtime, self.precision = resolve_deployed_runtime(self.info.model_format, runtime, precision)
-        if self.runtime == "tensorrt":
-            from .tensorrt import create_engine_runner
+        from .runtimes import RuntimeChoice, create_file_runner
 
-            self._run = create_engine_runner(self.path)
-        else:
-            from .runtimes import RuntimeChoice, create_session_runner
-
-            self._run = create_session_runner(self.path, RuntimeChoice(self.runtime, self.precision), threads)
+        self._run = create_file_runner(self.path, RuntimeChoice(self.runtime, self.precision), threads)
 
     @property
     def labels(self) -> tuple[str, ...]:

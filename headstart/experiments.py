@@ -31,15 +31,12 @@ from .features import compute_bottlenecks
 from .head import SoftmaxHead
 from .metrics import Evaluation, evaluate
 from .runtimes import RuntimeChoice, resolve_runtime
-from .workflow import RetrainConfig, build_head, split_bottlenecks
+from .config import EXPERIMENT_EVAL_STEP_INTERVAL, SETTINGS, SWEEPABLE, RetrainConfig, check_config
+from .train import build_head, split_bottlenecks
 
 log = logging.getLogger("headstart")
 
-# Training knobs a sweep may vary: RetrainConfig fields, spelled as the flags.
-SWEEPABLE = ("learning_rate", "train_batch_size", "how_many_training_steps", "optimizer", "hidden_units",
-             "dropout", "weight_decay")
-_KINDS: dict[str, type] = {"learning_rate": float, "train_batch_size": int, "how_many_training_steps": int,
-                           "optimizer": str, "hidden_units": int, "dropout": float, "weight_decay": float}
+# A sweep's knobs, and each one's type, come from headstart.config (SWEEPABLE, SETTINGS).
 
 
 @dataclass(frozen=True)
@@ -105,7 +102,7 @@ def training_config(image_dir: str | Path, **overrides: Any) -> RetrainConfig:
     accuracy is measured on the whole validation set (so "the step where it stopped
     improving" is not sampling noise)."""
     overrides.setdefault("validation_batch_size", -1)
-    overrides.setdefault("eval_step_interval", 10)
+    overrides.setdefault("eval_step_interval", EXPERIMENT_EVAL_STEP_INTERVAL)
     known = set(RetrainConfig.__dataclass_fields__)
     unknown = sorted(set(overrides) - known)
     if unknown:
@@ -210,7 +207,7 @@ def check_grid(grid: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
         if not values:
             raise UsageError(f"--{name}: give at least one value")
         try:
-            out[name] = [_KINDS[name](v) for v in values]
+            out[name] = [SETTINGS[name].kind(v) for v in values]
         except (TypeError, ValueError) as exc:
             raise UsageError(f"--{name}: {exc}") from exc
     return out
@@ -220,7 +217,7 @@ def sweep(image_dir: str | Path, grid: Mapping[str, Sequence[Any]], *, repeats: 
           features: FeatureSet | None = None, **settings: Any) -> SweepResult:
     """Train one head per cell of ``grid`` (flag name -> values) and ``repeats`` seeds, on cached bottlenecks.
 
-    ``settings`` are other :class:`~headstart.workflow.RetrainConfig` fields
+    ``settings`` are other :class:`~headstart.config.RetrainConfig` fields
     (backbone, bottleneck_dir, runtime, seed ...).  Bottlenecks are computed once
     and shared by every cell.  A cell whose training diverged is kept, marked
     ``diverged``: its scores are those of the last finite weights.
@@ -254,11 +251,7 @@ def sweep(image_dir: str | Path, grid: Mapping[str, Sequence[Any]], *, repeats: 
 
 
 def _check_value(base: RetrainConfig, name: str, value: Any) -> None:
-    from .workflow import _check_config
-
-    _check_config(replace(base, **{name: value}))
-    if name == "optimizer" and value not in ("sgd", "momentum", "adam"):
-        raise UsageError(f"--optimizer must be sgd, momentum or adam, got {value!r}")
+    check_config(replace(base, **{name: value}))
 
 
 def _summarise(fits: Sequence[_Fit]) -> dict[str, Any]:
@@ -325,9 +318,7 @@ def curve(image_dir: str | Path, images_per_class: Sequence[int | str], *, repea
         raise UsageError("--repeats must be at least 1")
     sizes = parse_sizes(images_per_class)
     base = training_config(image_dir, **settings)
-    from .workflow import _check_config
-
-    _check_config(base)
+    check_config(base)
     features = features or load_features(base)
     per_class_max = int(np.bincount(features.y_train).max())
     rows = []
@@ -380,14 +371,9 @@ class ModelCost:
 
 def _fastest(call: Any, seconds: float, at_least: int = 5) -> float:
     """Seconds of the fastest of repeated calls (after one warm-up), timed for about ``seconds``."""
-    call()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < at_least or time.perf_counter() - start < seconds:
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    from .bench.timing import time_calls
+
+    return time_calls(call, seconds=seconds, repeats=at_least, warmup=1).best_s
 
 
 def measure_backbone(backbone: Backbone, runtime: str | RuntimeChoice = "auto", precision: str = "auto", *,
@@ -447,9 +433,7 @@ def compare(image_dir: str | Path, backbones: Sequence[str], *, measure_speed: b
     if len(set(names)) != len(names):
         raise UsageError("--backbones: a backbone is named twice")
     base = training_config(image_dir, **settings)
-    from .workflow import _check_config
-
-    _check_config(base)
+    check_config(base)
     rows = []
     for name in names:
         config = replace(base, backbone=name)

@@ -24,7 +24,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,7 +35,7 @@ import numpy as np
 from .bundle import HEAD_NAME, Bundle, load_bundle
 from .data import ImageRecord, Preprocessing, index_image_dir
 from .deployed import METADATA_KEY, SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_path
-from .errors import DataError, HeadstartError, ModelError, UsageError
+from .errors import DataError, ModelError, UsageError
 from .runtimes import Runner, RuntimeChoice, create_session_runner
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -147,7 +147,7 @@ def describe_export(bundle: Bundle, backbone: "Backbone", model_format: str, pre
     """The sidecar without the self-check: also stored, as JSON, in the ONNX metadata."""
     from . import __version__
 
-    prep = Preprocessing.from_dict(bundle.preprocessing)
+    prep = bundle.preprocessing
     return {
         "format": SIDECAR_FORMAT,
         "format_version": SIDECAR_VERSION,
@@ -168,9 +168,9 @@ def describe_export(bundle: Bundle, backbone: "Backbone", model_format: str, pre
             "normalization": "in_graph",  # mean/std are applied inside the model, not by the caller
         },
         "provenance": {
-            "backbone": bundle.backbone.get("name"),
-            "timm_name": bundle.backbone.get("timm_name"),
-            "weights_fingerprint": bundle.backbone.get("weights_fingerprint"),
+            "backbone": bundle.backbone.name,
+            "timm_name": bundle.backbone.timm_name,
+            "weights_fingerprint": bundle.backbone.weights_fingerprint,
             "run_dir": str(Path(bundle.path).resolve()),
             "head_sha256": head_sha256(bundle.path),
             "trained": bundle.created,
@@ -187,15 +187,14 @@ def find_check_images(bundle: Bundle, image_dir: str | Path | None = None) -> Ch
 
     Training images (int8 calibration) always come from the run's own folder, when it still exists.
     """
-    data = (bundle.metrics or {}).get("data") or {}
-    stored = data.get("image_dir")
+    data = bundle.data
     run = None
     note = "the run does not record its image folder"
-    if stored and Path(stored).is_dir():
-        run = index_image_dir(stored, float(data.get("validation_percentage", 10.0)),
-                              float(data.get("testing_percentage", 10.0)), labels=bundle.labels)
-    elif stored:
-        note = f"the run's images at {stored} are gone"
+    if data is not None and Path(data.image_dir).is_dir():
+        run = index_image_dir(data.image_dir, data.validation_percentage, data.testing_percentage,
+                              labels=bundle.labels)
+    elif data is not None:
+        note = f"the run's images at {data.image_dir} are gone"
     training = run.split("training") if run else ()
     if image_dir is not None:
         index = index_image_dir(image_dir, 0, 100, labels=bundle.labels, require_training=False)
@@ -230,8 +229,16 @@ def decode_images(records: Sequence[ImageRecord], prep: Preprocessing) -> tuple[
     return np.stack(images), kept
 
 
-def predict(runner: Runner, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    return np.concatenate([runner(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+def predict(runner: Runner, images: np.ndarray, batch_size: int = 32, *, progress: bool = False,
+            desc: str = "Checking") -> np.ndarray:
+    from .progress import Progress
+
+    out = []
+    with Progress(len(images), desc, unit="img", enabled=progress) as bar:
+        for i in range(0, len(images), batch_size):
+            out.append(runner(images[i:i + batch_size]))
+            bar.update(len(out[-1]))
+    return np.concatenate(out)
 
 
 def torch_runner(module: "torch.nn.Module") -> Runner:
@@ -331,14 +338,7 @@ def _write_openvino(onnx_path: Path, xml_path: Path, precision: str, description
     return xml_path
 
 
-def _candidate_runner(path: Path, model_format: str) -> tuple[Runner, str]:
-    if model_format == "onnx":
-        return create_session_runner(path, RuntimeChoice("onnxruntime", "fp32")), "onnxruntime-fp32"
-    if model_format == "openvino":
-        return create_session_runner(path, RuntimeChoice("openvino", "fp32")), "openvino-fp32"
-    from .tensorrt import create_engine_runner
-
-    return create_engine_runner(path), "tensorrt"
+_CHECK_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
 
 
 # ---------------------------------------------------------------- export
@@ -359,7 +359,7 @@ def export_model(model: str | Path, *, model_format: str = "onnx", precision: st
     more than ``max_accuracy_drop`` points of test accuracy (unless ``force``);
     nothing is written then.  Without TensorRT, ``model_format="tensorrt"``
     writes the fp32 ONNX it would have built from and raises
-    :class:`~headstart.tensorrt.TensorRTUnavailable` whose hint is the
+    :class:`~headstart.runtimes.tensorrt.TensorRTUnavailable` whose hint is the
     equivalent ``trtexec`` command.
     """
     start = time.perf_counter()
@@ -370,7 +370,7 @@ def export_model(model: str | Path, *, model_format: str = "onnx", precision: st
                          hint="fp16 targets GPUs: use --format openvino or tensorrt" if precision == "fp16" else None)
     if max_accuracy_drop < 0:
         raise UsageError("--max_accuracy_drop must be 0 or more (points of test accuracy)")
-    from .workflow import resolve_model_backbone
+    from .model import resolve_model_backbone
 
     bundle = load_bundle(model)
     backbone = resolve_model_backbone(bundle, weights)
@@ -415,12 +415,13 @@ def export_model(model: str | Path, *, model_format: str = "onnx", precision: st
             _write_openvino(source_onnx, staged, precision, description)
         files = [p for p in staging.iterdir() if p.stem == out.stem]
 
+        side = staging / sidecar_path(out).name
+        side.write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")  # so the check can load it
         check = _self_check(module, staged, model_format, x_test, y_test, images, precision, max_accuracy_drop,
-                            force)
+                            force, progress)
         description["check"] = check.to_dict()
         description["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         description["model_sha256"] = hashlib.sha256(staged.read_bytes()).hexdigest()
-        side = staging / sidecar_path(out).name
         side.write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
         final = []
         for path in [*files, side]:  # the model's own files first, the sidecar (its "commit") last
@@ -433,16 +434,22 @@ def export_model(model: str | Path, *, model_format: str = "onnx", precision: st
 
 
 def _self_check(module: "torch.nn.Module", path: Path, model_format: str, x: np.ndarray, y: np.ndarray,
-                images: CheckImages, precision: str, max_accuracy_drop: float, force: bool) -> SelfCheck:
+                images: CheckImages, precision: str, max_accuracy_drop: float, force: bool,
+                progress: bool = False) -> SelfCheck:
     where = str(images.image_dir) if images.image_dir else None
     if len(x) == 0:
         log.warning("the export was not checked: %s", images.note or "no readable test images")
         return SelfCheck(where, "none", 0, None, None, None, None, None, model_format, False,
                          images.note or "no readable test images")
-    runner, runtime = _candidate_runner(path, model_format)
+    from .model import load_model
+
+    # The exported file is checked the way it will be used: through a Classifier, in fp32.
+    exported = load_model(path, runtime=_CHECK_RUNTIME[model_format],
+                          precision="engine" if model_format == "tensorrt" else "fp32")
+    runtime = exported.runtime
     log.info("checking the export against PyTorch on %d test images", len(x))
-    reference = predict(torch_runner(module), x)
-    numbers = compare(predict(runner, x), reference, y)
+    reference = predict(torch_runner(module), x, progress=progress, desc="PyTorch fp32")
+    numbers = compare(predict(exported.predict_batch, x, progress=progress, desc=f"{runtime} export"), reference, y)
     passed = numbers["accuracy_drop"] <= max_accuracy_drop
     note = None
     if precision == "fp32" and numbers["agreement"] < FP32_AGREEMENT_TARGET:
@@ -463,7 +470,7 @@ def _self_check(module: "torch.nn.Module", path: Path, model_format: str, x: np.
 def _check_tensorrt(bundle: Bundle, out: Path, precision: str, input_size: int, *, image_dir: Any, force: bool,
                     weights: Any, progress: bool) -> None:
     """Without TensorRT: write the fp32 ONNX an engine is built from, then fail with the trtexec line."""
-    from .tensorrt import TensorRTUnavailable, require_tensorrt
+    from .runtimes.tensorrt import TensorRTUnavailable, require_tensorrt
 
     onnx_out = out.with_name(f"{out.stem}.onnx")
     if out.stem.endswith(f"-{precision}"):
@@ -480,7 +487,7 @@ def _check_tensorrt(bundle: Bundle, out: Path, precision: str, input_size: int, 
 def _build_tensorrt(onnx_fp32: Path, staged: Path, precision: str, input_size: int, training: Sequence[ImageRecord],
                     calibration_images: int, prep: Preprocessing, cache_dir: str | Path | None) -> dict[str, Any]:
     from .cache import default_cache_dir
-    from .tensorrt import BatchProfile, build_engine, tensorrt_version
+    from .runtimes.tensorrt import BatchProfile, build_engine, tensorrt_version
 
     profile = BatchProfile()
     batches, calibration_id, info = None, None, {}
@@ -494,241 +501,3 @@ def _build_tensorrt(onnx_fp32: Path, staged: Path, precision: str, input_size: i
     build_engine(onnx_fp32, staged, input_size=input_size, precision=precision, profile=profile,
                  calibration=batches, calibration_id=calibration_id, cache_dir=models)
     return {"tensorrt": tensorrt_version(), "profile": asdict(profile), **({"calibration": info} if info else {})}
-
-
-# ---------------------------------------------------------------- bench
-
-
-BENCH_RUNTIMES = ("torch", "cuda", "onnxruntime", "openvino", "tensorrt")
-LATENCY_REPEATS = 30
-THROUGHPUT_BATCHES = 3
-THROUGHPUT_BATCH = 32
-
-
-@dataclass(frozen=True)
-class _Candidate:
-    runtime: str
-    precision: str
-    model: str
-    create: Callable[[], Runner]
-
-
-def _percentile_ms(seconds: Sequence[float], q: float) -> float:
-    return round(1000 * float(np.percentile(np.asarray(seconds), q)), 3)
-
-
-def _measure(runner: Runner, x: np.ndarray, repeats: int = LATENCY_REPEATS) -> dict[str, float]:
-    """Batch-1 latency p50/p90 (ms) over distinct images, and batch-32 throughput (images/s)."""
-    runner(x[:1])  # warm up: lazy allocations, kernel selection
-    latencies = []
-    for i in range(repeats):
-        one = x[i % len(x):i % len(x) + 1]
-        t0 = time.perf_counter()
-        runner(one)
-        latencies.append(time.perf_counter() - t0)
-    batch = np.resize(x, (THROUGHPUT_BATCH, *x.shape[1:])) if len(x) < THROUGHPUT_BATCH else x[:THROUGHPUT_BATCH]
-    runner(batch)
-    t0 = time.perf_counter()
-    for _ in range(THROUGHPUT_BATCHES):
-        runner(batch)
-    elapsed = time.perf_counter() - t0
-    return {"latency_p50_ms": _percentile_ms(latencies, 50), "latency_p90_ms": _percentile_ms(latencies, 90),
-            "throughput_ips": round(THROUGHPUT_BATCHES * THROUGHPUT_BATCH / elapsed, 1)}
-
-
-def _torch_importable() -> bool:
-    try:
-        import torch  # noqa: F401
-        import timm  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _bench_candidates(bundle: Bundle | None, exported: Path | None, exported_format: str | None,
-                      training: Sequence[ImageRecord], prep: Preprocessing, workdir: Path,
-                      wanted: Sequence[str]) -> list[_Candidate]:
-    from .runtimes import cpu_has_native_bf16, cuda_available
-
-    found: list[_Candidate] = []
-    module_box: dict[str, Any] = {}
-    have_torch = bundle is not None and _torch_importable()
-
-    def module() -> "torch.nn.Module":
-        if "m" not in module_box:
-            from .workflow import resolve_model_backbone
-
-            module_box["m"] = create_classifier(bundle, resolve_model_backbone(bundle))
-        return module_box["m"]
-
-    def torch_factory(choice: RuntimeChoice, compiled: bool = False) -> Callable[[], Runner]:
-        def create() -> Runner:
-            import copy
-
-            return _torch_runner(copy.deepcopy(module()), choice, compile=compiled)
-        return create
-
-    if have_torch and "torch" in wanted:
-        found.append(_Candidate("torch", "fp32", "PyTorch eager", torch_factory(RuntimeChoice("torch", "fp32"))))
-    gpu = have_torch and cuda_available()
-    if gpu and "cuda" in wanted:
-        found.append(_Candidate("cuda", "fp32", "PyTorch", torch_factory(RuntimeChoice("cuda", "fp32"))))
-        found.append(_Candidate("cuda", "fp16", "PyTorch channels-last", torch_factory(RuntimeChoice("cuda", "fp16"))))
-        found.append(_Candidate("cuda", "fp16", "PyTorch channels-last + torch.compile",
-                                torch_factory(RuntimeChoice("cuda", "fp16"), compiled=True)))
-
-    # ONNX files: the given export, or fp32 and int8 built from the run for this benchmark.
-    files: list[tuple[Path, str, str]] = []  # (path, format, precision)
-    if exported is not None:
-        from .deployed import read_model_info
-
-        files.append((exported, exported_format or "onnx", read_model_info(exported).precision))
-    elif bundle is not None and have_torch:
-        from .workflow import resolve_model_backbone
-
-        backbone = resolve_model_backbone(bundle)
-        description = describe_export(bundle, backbone, "onnx", "fp32")
-        fp32 = _write_onnx(module(), workdir / "model-fp32.onnx", prep.input_size, description)
-        files.append((fp32, "onnx", "fp32"))
-        if training:
-            x_cal, _ = decode_images(_spread(training, DEFAULT_CALIBRATION_IMAGES, seed=1), prep)
-            files.append((quantize_int8(fp32, workdir / "model-int8.onnx", x_cal), "onnx", "int8"))
-
-    import importlib.util
-
-    for path, fmt, precision in files:
-        label = path.name
-        if fmt == "onnx" and "onnxruntime" in wanted and importlib.util.find_spec("onnxruntime"):
-            found.append(_Candidate("onnxruntime", precision, label, lambda p=path: create_session_runner(
-                p, RuntimeChoice("onnxruntime", "fp32"))))
-        if fmt in ("onnx", "openvino") and "openvino" in wanted and importlib.util.find_spec("openvino"):
-            found.append(_Candidate("openvino", precision, label, lambda p=path: create_session_runner(
-                p, RuntimeChoice("openvino", "fp32"))))
-            if precision == "fp32" and cpu_has_native_bf16():
-                found.append(_Candidate("openvino", "bf16", label, lambda p=path: create_session_runner(
-                    p, RuntimeChoice("openvino", "bf16"))))
-        if fmt == "tensorrt" and "tensorrt" in wanted:
-            from .tensorrt import create_engine_runner
-
-            found.append(_Candidate("tensorrt", precision, label, lambda p=path: create_engine_runner(p)))
-    onnx_fp32 = next((p for p, f, q in files if f == "onnx" and q == "fp32"), None)
-    if onnx_fp32 is not None and gpu and "tensorrt" in wanted and importlib.util.find_spec("tensorrt"):
-        from .tensorrt import build_engine, create_engine_runner
-
-        def trt_fp16() -> Runner:
-            engine = build_engine(onnx_fp32, workdir / "model-fp16.engine", input_size=prep.input_size,
-                                  precision="fp16")
-            return create_engine_runner(engine)
-
-        found.append(_Candidate("tensorrt", "fp16", "engine from model-fp32.onnx", trt_fp16))
-    return found
-
-
-def bench_model(model: Path, *, image_dir: Path | None = None, runtimes: Sequence[str] | None = None,
-                progress: bool = True) -> list[dict]:
-    """Each available runtime and precision side by side: batch-1 latency, batch-32 throughput, test accuracy.
-
-    ``model`` is a run directory (PyTorch eager fp32 is the reference; fp32 and
-    int8 ONNX are built for the comparison) or an exported model file.  Test
-    images are the run's test split, or ``image_dir`` (one folder per label).
-    One row per runtime; a runtime that fails gets a row with its error.
-    """
-    from .deployed import is_exported_model, read_model_info
-
-    model = Path(model)
-    wanted = list(runtimes) if runtimes else list(BENCH_RUNTIMES)
-    unknown = [r for r in wanted if r not in BENCH_RUNTIMES]
-    if unknown:
-        raise UsageError(f"unknown runtime {unknown[0]!r}", hint=f"use some of {', '.join(BENCH_RUNTIMES)}")
-    exported, exported_format, bundle = None, None, None
-    if is_exported_model(model):
-        info = read_model_info(model)
-        exported, exported_format, labels, prep = info.path, info.model_format, info.labels, info.preprocessing
-        run_dir = Path(info.provenance.get("run_dir", ""))
-        if (run_dir / "headstart.json").is_file():
-            try:
-                bundle = load_bundle(run_dir)
-            except HeadstartError as exc:
-                log.warning("not comparing with PyTorch: %s", exc)
-    else:
-        bundle = load_bundle(model)
-        labels, prep = bundle.labels, Preprocessing.from_dict(bundle.preprocessing)
-    if bundle is not None:
-        images = find_check_images(bundle, image_dir)
-    elif image_dir is not None:
-        index = index_image_dir(image_dir, 0, 100, labels=labels, require_training=False)
-        images = CheckImages(index.root, "--image_dir", index.split("testing"), ())
-    else:
-        images = CheckImages(None, "none", (), (), "no run directory to find test images in")
-    test = _spread(images.test, MAX_CHECK_IMAGES)
-    if not test:
-        raise DataError(f"no test images to benchmark on: {images.note or 'none found'}",
-                        hint="pass --image_dir with labelled images (one folder per label)")
-    x, test = decode_images(test, prep)
-    y = np.array([labels.index(r.label) for r in test], dtype=np.int64)
-    rows: list[dict] = []
-    reference: np.ndarray | None = None
-    with tempfile.TemporaryDirectory(prefix="headstart-bench-") as tmp:
-        candidates = _bench_candidates(bundle, exported, exported_format, images.training, prep, Path(tmp), wanted)
-        for number, cand in enumerate(candidates, 1):
-            if progress:
-                log.info("[%d/%d] %s %s (%s)", number, len(candidates), cand.runtime, cand.precision, cand.model)
-            row: dict[str, Any] = {"runtime": cand.runtime, "precision": cand.precision, "model": cand.model,
-                                   "n": int(len(x))}
-            try:
-                t0 = time.perf_counter()
-                runner = cand.create()
-                runner(x[:1])
-                row["setup_s"] = round(time.perf_counter() - t0, 2)
-                row.update(_measure(runner, x))
-                proba = predict(runner, x)
-                row["accuracy"] = round(float(np.mean(proba.argmax(1) == y)), 4)
-                if cand.runtime == "torch" and reference is None:
-                    reference = proba
-                if reference is not None:
-                    row["agreement"] = round(float(np.mean(proba.argmax(1) == reference.argmax(1))), 4)
-                del runner
-            except Exception as exc:  # noqa: BLE001 - one broken runtime must not hide the others
-                log.warning("%s %s failed: %s", cand.runtime, cand.precision, exc)
-                row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            rows.append(row)
-    eager = next((r for r in rows if r["runtime"] == "torch" and "latency_p50_ms" in r), None)
-    for row in rows:
-        if eager and "latency_p50_ms" in row:
-            row["latency_speedup"] = round(eager["latency_p50_ms"] / row["latency_p50_ms"], 2)
-    return rows
-
-
-def format_bench_rows(rows: Sequence[dict]) -> str:
-    """The benchmark as a plain-text table, one row per runtime and precision."""
-    columns = [("runtime", "runtime", "l"), ("precision", "precision", "l"), ("model", "model", "l"),
-               ("latency_p50_ms", "b1 p50 ms", "r"), ("latency_p90_ms", "b1 p90 ms", "r"),
-               ("latency_speedup", "vs eager", "r"), ("throughput_ips", "b32 img/s", "r"),
-               ("accuracy", "accuracy %", "r"), ("agreement", "agrees %", "r")]
-
-    def cell(row: dict, key: str) -> str:
-        value = row.get(key)
-        if value is None:
-            return "-"
-        if key in ("accuracy", "agreement"):
-            return f"{100 * value:.1f}"
-        if key == "latency_speedup":
-            return f"{value:.2f}x"
-        if isinstance(value, float):
-            return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
-        return str(value)
-
-    table = [[cell(r, key) for key, _, _ in columns] for r in rows]
-    widths = [max([len(title)] + [len(t[i]) for t in table]) for i, (_, title, _) in enumerate(columns)]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if a == "r" else v.ljust(w)
-                         for v, w, (_, _, a) in zip(values, widths, columns)).rstrip()
-
-    lines = [line([title for _, title, _ in columns]), line(["-" * w for w in widths]), *map(line, table)]
-    errors = [f"{r['runtime']} {r['precision']}: {r['error']}" for r in rows if r.get("error")]
-    n = next((r["n"] for r in rows if r.get("n")), 0)
-    lines.append(f"\nbatch-1 latency over {LATENCY_REPEATS} images, batch-{THROUGHPUT_BATCH} throughput, "
-                 f"accuracy on {n} test images; 'agrees' = same top-1 label as PyTorch eager fp32.")
-    lines += [f"failed: {e}" for e in errors]
-    return "\n".join(lines)

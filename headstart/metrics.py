@@ -11,11 +11,34 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .data import ImageRecord
+
 _EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class Misclassified:
+    """A labelled image whose most probable label is another class's."""
+
+    path: Path
+    relpath: str
+    true_label: str
+    predicted_label: str
+    score: float
+
+
+def find_misclassified(records: Sequence[ImageRecord], proba: np.ndarray,
+                       labels: Sequence[str]) -> tuple[Misclassified, ...]:
+    """The records whose most probable label is not their folder's, with that label and its score."""
+    predicted = proba.argmax(axis=1)
+    return tuple(Misclassified(r.path, r.relpath, r.label, labels[p], float(proba[i, p]))
+                 for i, (r, p) in enumerate(zip(records, predicted)) if labels[p] != r.label)
 
 
 @dataclass(frozen=True)

@@ -494,12 +494,12 @@ def rebuild_run_report(run_dir: str | Path, *, image_root: str | Path | None = N
     if bundle.metrics is None:
         raise ModelError(f"{bundle.path} has no metrics.json to report on",
                          hint="retrain, or evaluate the model again")
-    recorded = (bundle.metrics.get("data") or {}).get("image_dir")
+    recorded = bundle.data.image_dir if bundle.data is not None else None
     root = Path(image_root) if image_root is not None else (Path(recorded) if recorded else None)
     if root is not None and not root.is_dir():
         log.warning("image folder %s is not here; the gallery shows placeholders (pass --image_dir)", root)
     text = render_run_report(metrics=bundle.metrics, labels=bundle.labels, image_root=root,
-                             backbone=bundle.backbone, hyperparameters=bundle.hyperparameters,
+                             backbone=bundle.backbone.to_dict(), hyperparameters=bundle.hyperparameters,
                              created=bundle.created)
     out = bundle.path / "report.html"
     tmp = out.with_name(".report.html.partial")

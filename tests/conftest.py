@@ -120,7 +120,8 @@ def fashion_holdout_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory, fashion_dir: Path, shared_cache_dir: Path):
     """A real retrain run on ``fashion_dir`` (returns the RetrainResult)."""
-    from headstart.workflow import RetrainConfig, retrain
+    from headstart.config import RetrainConfig
+    from headstart.train import retrain
 
     out = tmp_path_factory.mktemp("runs") / "fashion"
     config = RetrainConfig(image_dir=fashion_dir, output_dir=out, bottleneck_dir=shared_cache_dir,

@@ -72,7 +72,8 @@ def test_round_trip(tmp_path: Path) -> None:
     b = load_bundle(out)
     assert isinstance(b, Bundle) and b.path == out
     assert b.labels == LABELS
-    assert b.backbone == params["backbone"] and b.preprocessing == params["preprocessing"]
+    assert b.backbone.to_dict() == params["backbone"] and b.preprocessing.to_dict() == params["preprocessing"]
+    assert b.backbone.name == "efficientnet_lite0" and b.preprocessing.input_size > 0  # typed, not dicts
     assert b.head_config == params["head_config"] and b.hyperparameters == params["hyperparameters"]
     assert b.head_tensors.keys() == params["head_tensors"].keys()
     for name, t in params["head_tensors"].items():

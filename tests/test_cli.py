@@ -45,9 +45,10 @@ def test_usage_error_exits_2_in_one_line() -> None:
     assert "error:" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_missing_folder_is_one_line_with_hint_and_exit_1(tmp_path: Path) -> None:
+def test_missing_folder_is_a_usage_error_in_one_line_with_hint(tmp_path: Path) -> None:
+    # A path the user typed that does not exist is a usage error (2), as for `label`.
     result = run_cli("retrain", "--image_dir", str(tmp_path / "nope"), "--bottleneck_dir", str(tmp_path / "c"))
-    assert result.returncode == 1
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines[0].startswith("error:") and "nope" in lines[0]
     assert lines[1].startswith("hint:")

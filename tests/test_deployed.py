@@ -110,7 +110,7 @@ def test_predict_proba_checks_its_input(exported_onnx):
 @pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
 def test_same_labels_as_the_run_directory(exported_onnx, trained_run, fashion_holdout_dir, shared_cache_dir, runtime):
     """Images the model never saw get the same label from the export as from the run directory."""
-    from headstart.workflow import label
+    from headstart.inference import label
 
     images = [fashion_holdout_dir]
     from_run = label(trained_run.run_dir, images, top_k=1, bottleneck_dir=shared_cache_dir, runtime="onnxruntime",
@@ -125,7 +125,7 @@ def test_same_labels_as_the_run_directory(exported_onnx, trained_run, fashion_ho
 
 
 def test_unreadable_images_are_skipped(exported_onnx, tmp_path, fashion_holdout_dir):
-    from headstart.workflow import label
+    from headstart.inference import label
 
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")

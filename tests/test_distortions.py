@@ -10,7 +10,8 @@ from PIL import Image
 
 from headstart.data import Distortion, Preprocessing, load_image
 from headstart.errors import UsageError
-from headstart.workflow import RetrainConfig, retrain
+from headstart.config import RetrainConfig
+from headstart.train import retrain
 
 PREP = Preprocessing(224, 1.0, "bicubic", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from headstart.errors import DataError, ModelError, UsageError
-from headstart.export import (compare, export_model, fold_head, format_bench_rows)
+from headstart.bench import format_bench_rows
+from headstart.export import compare, export_model, fold_head
 
 
 def test_fold_head_matches_the_numpy_head():
@@ -129,9 +130,9 @@ def _moved_run(trained_run, tmp_path):
     """A copy of the run whose recorded image folder no longer exists."""
     run = tmp_path / "run"
     shutil.copytree(trained_run.run_dir, run, ignore=shutil.ignore_patterns("export"))
-    metrics = json.loads((run / "metrics.json").read_text())
-    metrics["data"]["image_dir"] = str(tmp_path / "gone")
-    (run / "metrics.json").write_text(json.dumps(metrics))
+    manifest = json.loads((run / "headstart.json").read_text())
+    manifest["data"]["image_dir"] = str(tmp_path / "gone")
+    (run / "headstart.json").write_text(json.dumps(manifest))
     return run
 
 
@@ -200,7 +201,7 @@ def test_format_bench_rows():
 
 @pytest.mark.slow
 def test_bench_exported_model(exported_onnx, trained_run):
-    from headstart.export import bench_model
+    from headstart.bench import bench_model
 
     rows = bench_model(exported_onnx.path, runtimes=["onnxruntime", "openvino"], progress=False)
     assert {(r["runtime"], r["precision"]) for r in rows} >= {("onnxruntime", "fp32"), ("openvino", "fp32")}
@@ -213,7 +214,7 @@ def test_bench_exported_model(exported_onnx, trained_run):
 
 @pytest.mark.slow
 def test_bench_run_dir_against_eager_pytorch(trained_run):
-    from headstart.export import bench_model
+    from headstart.bench import bench_model
 
     rows = bench_model(trained_run.run_dir, runtimes=["torch", "onnxruntime"], progress=False)
     keys = [(r["runtime"], r["precision"]) for r in rows]

@@ -22,7 +22,7 @@ def _run_report(trained_run, image_root):
 
     bundle = load_bundle(trained_run.run_dir)
     return render_run_report(metrics=trained_run.metrics, labels=trained_run.labels, image_root=image_root,
-                             backbone=bundle.backbone, hyperparameters=bundle.hyperparameters)
+                             backbone=bundle.backbone.to_dict(), hyperparameters=bundle.hyperparameters)
 
 
 def _assert_self_contained(text: str) -> None:

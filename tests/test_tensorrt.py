@@ -12,7 +12,7 @@ import shlex
 import pytest
 
 from headstart.errors import ModelError, UsageError
-from headstart.tensorrt import (BatchProfile, TensorRTUnavailable, engine_cache_key, engine_cache_path,
+from headstart.runtimes.tensorrt import (BatchProfile, TensorRTUnavailable, engine_cache_key, engine_cache_path,
                                 require_tensorrt, tensorrt_version, trtexec_command)
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None

@@ -11,7 +11,9 @@ import pytest
 
 from headstart.bundle import load_bundle
 from headstart.errors import DataError, ModelError
-from headstart.workflow import RETRAIN_PY_RECIPE, RetrainConfig, evaluate, label, label_imagenet, retrain
+from headstart.config import RETRAIN_PY_RECIPE, RetrainConfig
+from headstart.inference import evaluate, label, label_imagenet
+from headstart.train import retrain
 
 
 def test_retrain_writes_a_complete_run_directory(trained_run) -> None:
@@ -84,7 +86,7 @@ def test_moved_folder_keeps_split_and_cache_edited_image_is_recomputed(trained_r
 
 def test_retrain_py_recipe_is_available_exactly() -> None:
     config = RetrainConfig(image_dir=Path("."), **RETRAIN_PY_RECIPE)
-    from headstart.workflow import build_head
+    from headstart.train import build_head
 
     head = build_head(config, 5)
     params = head.get_params()

@@ -12,23 +12,43 @@ from typing import Any
 from .common import add_command, add_format, flag, format_table, print_json
 
 
+def setting_flag(parser: Any, name: str, *aliases: str, list_type: Any = None, **overrides: Any) -> None:
+    """``--name`` with the type, default, choices and help of :data:`headstart.config.SETTINGS`."""
+    from ..config import SETTINGS
+
+    setting = SETTINGS[name]
+    kwargs: dict[str, Any] = {"default": setting.default, "help": setting.help}
+    if setting.kind is bool:
+        kwargs["action"] = "store_true"
+    else:
+        kwargs["type"] = list_type(setting.kind, name) if list_type else setting.kind
+        if setting.choices and not list_type:
+            kwargs["choices"] = list(setting.choices)
+        if setting.default is not None:
+            kwargs["help"] += " (default: %(default)s)"
+    kwargs.update(overrides)
+    flag(parser, f"--{name}", *aliases, **kwargs)
+
+
 def add_backbone_flags(parser: argparse.ArgumentParser) -> None:
-    flag(parser, "--backbone", "--tfhub_module", default="efficientnet_lite0",
-         help="feature extractor: a name from 'headstart backbones' or any timm model (default: %(default)s)")
-    flag(parser, "--weights", type=Path, default=None,
-         help="local weights file (.safetensors or .pth state dict) for the backbone")
+    setting_flag(parser, "backbone", "--tfhub_module")
+    setting_flag(parser, "weights")
 
 
-def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
-    flag(parser, "--runtime", default="auto", choices=["auto", "torch", "cuda", "onnxruntime", "openvino"],
-         help="where the backbone runs; auto picks the fastest accurate one here (default: %(default)s)")
-    flag(parser, "--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"],
-         help="numeric precision of the backbone (default: the runtime's best accurate one)")
+def add_runtime_flags(parser: argparse.ArgumentParser, *, exported: bool = False) -> None:
+    """``--runtime``/``--precision``; ``exported`` also offers the runtimes that only run exported files."""
+    from ..runtimes import RUNTIME_NAMES
+
+    if exported:
+        setting_flag(parser, "runtime", choices=["auto", *RUNTIME_NAMES],
+                     help="where the model runs; auto picks the fastest accurate one here (default: %(default)s)")
+    else:
+        setting_flag(parser, "runtime")
+    setting_flag(parser, "precision")
 
 
 def add_cache_flag(parser: argparse.ArgumentParser) -> None:
-    flag(parser, "--bottleneck_dir", type=Path, default=None,
-         help="where bottleneck vectors are cached (default: $HEADSTART_CACHE_DIR or ~/.cache/headstart)")
+    setting_flag(parser, "bottleneck_dir")
 
 
 def register(sub: Any) -> None:
@@ -43,34 +63,20 @@ def register(sub: Any) -> None:
 # ------------------------------------------------------------------ retrain
 
 
+TRAINING_FLAGS = ("how_many_training_steps", "learning_rate", "optimizer", "train_batch_size", "hidden_units",
+                  "dropout", "weight_decay")
+
+
 def add_training_flags(parser: argparse.ArgumentParser, list_type: Any = None) -> None:
     """Flags of the last layer; ``list_type`` makes them comma-separated lists (sweep)."""
-    from ..workflow import DEFAULT_LEARNING_RATE, DEFAULT_OPTIMIZER, DEFAULT_STEPS, DEFAULT_TRAIN_BATCH_SIZE
-
-    def kind(base: type, name: str) -> Any:
-        return list_type(base, name) if list_type else base
-
-    flag(parser, "--how_many_training_steps", type=kind(int, "how_many_training_steps"), default=DEFAULT_STEPS,
-         help="training steps (default: %(default)s; retrain.py used 4000)")
-    flag(parser, "--learning_rate", type=kind(float, "learning_rate"), default=DEFAULT_LEARNING_RATE,
-         help="learning rate (default: %(default)s; retrain.py used 0.01 with sgd)")
-    flag(parser, "--optimizer", type=kind(str, "optimizer"), default=DEFAULT_OPTIMIZER,
-         help="sgd (retrain.py), momentum or adam (default: %(default)s)")
-    flag(parser, "--train_batch_size", type=kind(int, "train_batch_size"), default=DEFAULT_TRAIN_BATCH_SIZE,
-         help="images per training step, -1 for all (default: %(default)s)")
-    flag(parser, "--hidden_units", type=kind(int, "hidden_units"), default=0,
-         help="add one hidden ReLU layer of this size before the softmax (default: none)")
-    flag(parser, "--dropout", type=kind(float, "dropout"), default=0.0,
-         help="dropout rate on the hidden layer's output (default: %(default)s)")
-    flag(parser, "--weight_decay", type=kind(float, "weight_decay"), default=0.0, help="L2 penalty (default: 0)")
+    for name in TRAINING_FLAGS:
+        setting_flag(parser, name, list_type=list_type)
 
 
 def add_split_flags(parser: argparse.ArgumentParser) -> None:
-    flag(parser, "--image_dir", type=Path, required=True, help="folder with one sub-folder of images per class")
-    flag(parser, "--testing_percentage", type=float, default=10.0,
-         help="percentage of images used as the test set (default: %(default)s)")
-    flag(parser, "--validation_percentage", type=float, default=10.0,
-         help="percentage of images used as the validation set (default: %(default)s)")
+    setting_flag(parser, "image_dir", required=True)
+    setting_flag(parser, "testing_percentage")
+    setting_flag(parser, "validation_percentage")
 
 
 def _register_retrain(sub: Any) -> None:
@@ -79,54 +85,32 @@ def _register_retrain(sub: Any) -> None:
                     "headstart retrain --image_dir flower_photos --optimizer sgd --learning_rate 0.01 "
                     "--how_many_training_steps 4000   # retrain.py's recipe")
     add_split_flags(p)
-    flag(p, "--output_dir", type=Path, default=None, help="run directory to write (default: runs/<timestamp>)")
-    flag(p, "--output_labels", type=Path, default=None, help="also write the labels file here (as retrain.py)")
+    for name in ("output_dir", "output_labels"):
+        setting_flag(p, name)
     add_cache_flag(p)
     add_backbone_flags(p)
-    flag(p, "--crop_pct", type=float, default=1.0,
-         help="centre crop before resizing; 1.0 keeps the whole image as retrain.py did, 0.875 is timm's "
-              "ImageNet evaluation crop (default: %(default)s)")
+    setting_flag(p, "crop_pct")
     add_runtime_flags(p)
     add_training_flags(p)
-    flag(p, "--eval_step_interval", type=int, default=100, help="log progress every N steps (default: %(default)s)")
-    flag(p, "--validation_batch_size", type=int, default=100,
-         help="validation images per evaluation, -1 for all (default: %(default)s)")
-    flag(p, "--test_batch_size", type=int, default=-1,
-         help="test images for the final evaluation, -1 for all (default: %(default)s)")
-    flag(p, "--print_misclassified_test_images", action="store_true", help="list the test images the model gets wrong")
+    for name in ("eval_step_interval", "validation_batch_size", "test_batch_size", "print_misclassified_test_images"):
+        setting_flag(p, name)
     distort = p.add_argument_group("distortions (retrain.py's flags; each distorted copy is computed once and cached)")
-    flag(distort, "--flip_left_right", action="store_true", help="randomly mirror training images horizontally")
-    flag(distort, "--random_crop", type=float, default=0.0, help="percent margin to crop training images at random")
-    flag(distort, "--random_scale", type=float, default=0.0, help="percent to randomly enlarge training images by")
-    flag(distort, "--random_brightness", type=float, default=0.0,
-         help="percent to randomly brighten or darken training images by")
-    flag(distort, "--distorted_copies", type=int, default=4,
-         help="distorted copies of each training image when a distortion is on (default: %(default)s)")
-    flag(p, "--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    flag(p, "--strict", action="store_true", help="fail instead of skipping unusable images")
-    flag(p, "--workers", type=int, default=None, help="image decoding threads (default: one per core)")
+    for name in ("flip_left_right", "random_crop", "random_scale", "random_brightness", "distorted_copies"):
+        setting_flag(distort, name)
+    for name in ("seed", "strict", "workers"):
+        setting_flag(p, name)
     flag(p, "--no_report", action="store_true", help="do not write report.html")
     flag(p, "--format", choices=["table", "json"], default="table", help="print the summary as a table or as JSON")
     p.set_defaults(handler=run_retrain)
 
 
 def run_retrain(args: argparse.Namespace) -> int:
+    from ..config import CONFIG_FIELDS, RetrainConfig
     from ..metrics import format_evaluation
-    from ..workflow import RetrainConfig, retrain
+    from ..train import retrain
 
-    config = RetrainConfig(
-        image_dir=args.image_dir, output_dir=args.output_dir, output_labels=args.output_labels,
-        bottleneck_dir=args.bottleneck_dir, backbone=args.backbone, weights=args.weights, crop_pct=args.crop_pct, runtime=args.runtime,
-        precision=args.precision, how_many_training_steps=args.how_many_training_steps,
-        learning_rate=args.learning_rate, optimizer=args.optimizer, train_batch_size=args.train_batch_size,
-        validation_batch_size=args.validation_batch_size, test_batch_size=args.test_batch_size,
-        eval_step_interval=args.eval_step_interval, testing_percentage=args.testing_percentage,
-        validation_percentage=args.validation_percentage, hidden_units=args.hidden_units, dropout=args.dropout,
-        weight_decay=args.weight_decay, print_misclassified_test_images=args.print_misclassified_test_images,
-        flip_left_right=args.flip_left_right, random_crop=args.random_crop, random_scale=args.random_scale,
-        random_brightness=args.random_brightness, distorted_copies=args.distorted_copies,
-        seed=args.seed, workers=args.workers, strict=args.strict, progress=not args.quiet,
-        write_report=not args.no_report)
+    given = {name: getattr(args, name) for name in CONFIG_FIELDS if hasattr(args, name)}
+    config = RetrainConfig(**{**given, "progress": not args.quiet, "write_report": not args.no_report})
 
     from ..progress import Progress
 
@@ -201,13 +185,13 @@ def _register_label(sub: Any) -> None:
     flag(p, "--top_k", type=int, default=5, help="labels to show per image (default: %(default)s)")
     add_format(p, ("table", "json", "csv"))
     add_backbone_flags(p)
-    add_runtime_flags(p)
+    add_runtime_flags(p, exported=True)
     add_cache_flag(p)
     p.set_defaults(handler=run_label)
 
 
 def run_label(args: argparse.Namespace) -> int:
-    from ..workflow import label, label_imagenet
+    from ..inference import label, label_imagenet
 
     if args.imagenet:
         result = label_imagenet(args.images, backbone=args.backbone, top_k=args.top_k, weights=args.weights,
@@ -246,19 +230,19 @@ def print_predictions(result: Any, fmt: str) -> None:
 def _register_evaluate(sub: Any) -> None:
     p = add_command(sub, "evaluate", "measure a retrained model on another labelled folder",
                     "headstart evaluate --model runs/flowers --image_dir holdout_photos")
-    flag(p, "--model", type=Path, required=True, help="run directory written by 'headstart retrain'")
+    flag(p, "--model", type=Path, required=True, help="run directory written by 'headstart retrain', or a model file from 'headstart export'")
     flag(p, "--image_dir", type=Path, required=True, help="folder with one sub-folder per label of the model")
     flag(p, "--print_misclassified_test_images", action="store_true", help="list the images the model gets wrong")
     add_format(p)
-    add_runtime_flags(p)
+    add_runtime_flags(p, exported=True)
     add_cache_flag(p)
-    flag(p, "--weights", type=Path, default=None, help="the backbone's weights file, if it was trained with one")
+    setting_flag(p, "weights", help="the backbone's weights file, if it was trained with one")
     p.set_defaults(handler=run_evaluate)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from ..metrics import format_evaluation
-    from ..workflow import evaluate
+    from ..inference import evaluate
 
     result, wrong, skipped = evaluate(args.model, args.image_dir, bottleneck_dir=args.bottleneck_dir,
                                       runtime=args.runtime, precision=args.precision, weights=args.weights,
@@ -355,7 +339,7 @@ def _register_datasets(sub: Any) -> None:
 
 
 def run_datasets(args: argparse.Namespace) -> int:
-    from .. import datasets
+    from ..data import datasets
     from ..errors import UsageError
 
     if args.name is None:

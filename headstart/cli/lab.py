@@ -11,8 +11,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..config import EXPERIMENT_EVAL_STEP_INTERVAL
 from .common import add_command, add_format, comma_list, flag, format_table, print_json
-from .core import add_backbone_flags, add_cache_flag, add_runtime_flags, add_split_flags, add_training_flags
+from .core import (add_backbone_flags, add_cache_flag, add_runtime_flags, add_split_flags, add_training_flags,
+                   setting_flag)
 
 
 def register(sub: Any) -> None:
@@ -30,12 +32,12 @@ def _add_common(p: argparse.ArgumentParser, *, backbone: bool = True) -> None:
     add_cache_flag(p)
     if backbone:
         add_backbone_flags(p)
-    flag(p, "--crop_pct", type=float, default=1.0,
-         help="centre crop before resizing, as in retrain (default: %(default)s)")
+    setting_flag(p, "crop_pct")
     add_runtime_flags(p)
-    flag(p, "--seed", type=int, default=0, help="first random seed; repeat r uses seed + r (default: %(default)s)")
-    flag(p, "--eval_step_interval", type=int, default=10,
-         help="measure validation accuracy every N steps (default: %(default)s)")
+    setting_flag(p, "seed", help="first random seed; repeat r uses seed + r (default: %(default)s)")
+    # Experiments look for the step where validation stopped improving, so they measure more often.
+    setting_flag(p, "eval_step_interval", default=EXPERIMENT_EVAL_STEP_INTERVAL,
+                 help="measure validation accuracy every N steps (default: %(default)s)")
     add_format(p, ("table", "json", "csv"))
     flag(p, "--output_dir", type=Path, default=None,
          help="also write JSON, CSV, a PNG plot and a self-contained HTML page here")

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelError, UsageError
+from ..errors import ModelError, UsageError
+from ..files import sha256_file
 
 log = logging.getLogger("headstart")
 
@@ -109,14 +110,6 @@ def engine_cache_path(cache_dir: str | Path, key: str, precision: str) -> Path:
     return Path(cache_dir) / "tensorrt" / f"{key}-{precision}.engine"
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def require_tensorrt(onnx_path: str | Path, engine_path: str | Path, *, input_size: int, precision: str,
                      profile: BatchProfile = BatchProfile()):  # noqa: ANN201 - returns the tensorrt module
     """Import TensorRT and check for a GPU, or raise :class:`TensorRTUnavailable` with the trtexec line."""
@@ -128,7 +121,7 @@ def require_tensorrt(onnx_path: str | Path, engine_path: str | Path, *, input_si
             "TensorRT is not installed, so no engine was built",
             hint=f"install TensorRT (pip install tensorrt) on the GPU machine, or build it there with: {command}",
         ) from None
-    from .runtimes import cuda_available
+    from . import cuda_available
 
     if not cuda_available():
         raise TensorRTUnavailable("TensorRT needs an NVIDIA GPU and none is usable here",
@@ -195,7 +188,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, input_size: 
     """
     engine_path = Path(engine_path)
     trt = require_tensorrt(onnx_path, engine_path, input_size=input_size, precision=precision, profile=profile)
-    key = engine_cache_key(sha256_of(onnx_path), trt_version=str(trt.__version__), gpu_name=gpu_name(),
+    key = engine_cache_key(sha256_file(onnx_path), trt_version=str(trt.__version__), gpu_name=gpu_name(),
                            precision=precision, profile=profile, calibration=calibration_id)
     cached = engine_cache_path(cache_dir, key, precision) if cache_dir else None
     if cached is not None and cached.is_file():

@@ -1,0 +1,259 @@
+"""Every retrain setting once: its default, its check and its help text.
+
+The command line builds its flags from :data:`SETTINGS`, :class:`RetrainConfig`
+takes its defaults from it, and :func:`check_config` validates a whole
+configuration before any image is read, so a bad value fails in a second
+with a one-line usage error (exit 2) instead of after every bottleneck was
+computed.  Names follow retrain.py's flags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .backbones import DEFAULT_BACKBONE
+from .checks import is_int as _is_int
+from .checks import is_real as _is_real
+from .data import Distortion
+from .errors import UsageError
+from .head import OPTIMIZERS
+from .runtimes import BACKBONE_RUNTIMES, DEFAULT_BATCH_SIZE, PRECISIONS
+
+Check = Callable[[Any], "str | None"]  # None when the value is fine, else what is wrong with it
+
+
+def _at_least(low: int) -> Check:
+    return lambda v: None if _is_int(v) and v >= low else f"must be an integer of at least {low}"
+
+
+def _positive_or_all(v: Any) -> str | None:
+    return None if _is_int(v) and (v > 0 or v == -1) else "must be positive, or -1 for all"
+
+
+def _positive_real(v: Any) -> str | None:
+    return None if _is_real(v) and v > 0 else "must be a positive number"
+
+
+def _non_negative_real(v: Any) -> str | None:
+    return None if _is_real(v) and v >= 0 else "must be 0 or more"
+
+
+def _percentage(v: Any) -> str | None:
+    return None if _is_real(v) and 0 <= v <= 100 else "must be between 0 and 100"
+
+
+def _fraction(low: float, high: float) -> Check:
+    return lambda v: None if _is_real(v) and low <= v < high else f"must be in [{low:g}, {high:g})"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One knob: the flag ``--name``, its type and default, what it does, and how to check it."""
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    group: str  # data | output | backbone | head | distortion | run
+    check: Check | None = None
+    choices: tuple[str, ...] | None = None
+    hint: str | None = None
+
+    def problem(self, value: Any) -> str | None:
+        if value is None and (self.default is None or self.kind is Path):
+            return None
+        if self.choices is not None and value not in self.choices:
+            return f"must be one of {', '.join(self.choices)}, got {value!r}"
+        return self.check(value) if self.check else None
+
+
+def _settings(*items: Setting) -> dict[str, Setting]:
+    return {s.name: s for s in items}
+
+
+# Head defaults were chosen by measurement (docs/PERFORMANCE.md, "Choosing the head's
+# defaults"): they beat the retrain.py recipe's test accuracy in a quarter of the steps.
+SETTINGS: dict[str, Setting] = _settings(
+    Setting("image_dir", Path, None, "folder with one sub-folder of images per class", "data"),
+    Setting("testing_percentage", float, 10.0, "percentage of images used as the test set", "data", _percentage),
+    Setting("validation_percentage", float, 10.0, "percentage of images used as the validation set", "data",
+            _percentage),
+    Setting("output_dir", Path, None, "run directory to write (default: runs/<timestamp>)", "output"),
+    Setting("output_labels", Path, None, "also write the labels file here (as retrain.py did)", "output"),
+    Setting("bottleneck_dir", Path, None,
+            "where bottleneck vectors are cached (default: $HEADSTART_CACHE_DIR or ~/.cache/headstart)", "output"),
+    Setting("backbone", str, DEFAULT_BACKBONE,
+            "feature extractor: a name from 'headstart backbones' or any timm model", "backbone"),
+    Setting("weights", Path, None, "local weights file (.safetensors or .pth state dict) for the backbone",
+            "backbone"),
+    # The whole image, as retrain.py and make_image_classifier saw it: the pretrained
+    # configs' centre crop (0.875) cuts off the edges of objects that fill the frame and
+    # cost 1.4 points of test accuracy on Fashion-MNIST.
+    Setting("crop_pct", float, 1.0, "centre crop before resizing; 1.0 keeps the whole image as retrain.py did, "
+            "0.875 is timm's ImageNet evaluation crop", "backbone",
+            lambda v: None if _is_real(v) and 0.1 <= v <= 1.0 else "must be between 0.1 and 1.0"),
+    Setting("runtime", str, "auto", "where the backbone runs; auto picks the fastest accurate one here", "backbone",
+            choices=("auto", *BACKBONE_RUNTIMES)),
+    Setting("precision", str, "auto", "numeric precision of the backbone (auto: the runtime's best accurate one)",
+            "backbone", choices=("auto", *PRECISIONS)),
+    Setting("how_many_training_steps", int, 1000, "training steps (retrain.py used 4000)", "head", _at_least(1)),
+    Setting("learning_rate", float, 0.001, "learning rate (retrain.py used 0.01 with sgd)", "head", _positive_real,
+            hint="the default is 0.001 (adam); retrain.py used 0.01 with sgd"),
+    Setting("optimizer", str, "adam", "sgd (retrain.py), momentum or adam", "head", choices=OPTIMIZERS),
+    Setting("train_batch_size", int, 100, "images per training step, -1 for all", "head", _positive_or_all),
+    Setting("validation_batch_size", int, 100, "validation images per evaluation, -1 for all", "head",
+            _positive_or_all),
+    Setting("test_batch_size", int, -1, "test images for the final evaluation, -1 for all", "head",
+            _positive_or_all),
+    Setting("eval_step_interval", int, 100, "measure and log progress every N steps", "head", _at_least(1)),
+    Setting("hidden_units", int, 0, "add one hidden ReLU layer of this size before the softmax (0: none)", "head",
+            _at_least(0)),
+    Setting("dropout", float, 0.0, "dropout rate on the hidden layer's output", "head", _fraction(0.0, 1.0)),
+    Setting("weight_decay", float, 0.0, "L2 penalty on the weights", "head", _non_negative_real),
+    Setting("seed", int, 0, "random seed", "head", lambda v: None if _is_int(v) and v >= 0 else "must be 0 or more"),
+    Setting("flip_left_right", bool, False, "randomly mirror training images horizontally", "distortion"),
+    Setting("random_crop", float, 0.0, "percent margin to crop training images at random", "distortion",
+            _percentage),
+    Setting("random_scale", float, 0.0, "percent to randomly enlarge training images by", "distortion",
+            _percentage),
+    Setting("random_brightness", float, 0.0, "percent to randomly brighten or darken training images by",
+            "distortion", _percentage),
+    Setting("distorted_copies", int, 4, "distorted copies of each training image when a distortion is on "
+            "(each computed once and cached)", "distortion", _at_least(1)),
+    Setting("print_misclassified_test_images", bool, False, "list the test images the model gets wrong", "run"),
+    Setting("extraction_batch_size", int, DEFAULT_BATCH_SIZE, "images per network call", "run", _at_least(1)),
+    Setting("workers", int, None, "image decoding threads (default: one per core)", "run", _at_least(1)),
+    Setting("strict", bool, False, "fail instead of skipping unusable images", "run"),
+    Setting("progress", bool, True, "show progress bars", "run"),
+    Setting("write_report", bool, True, "write report.html", "run"),
+)
+
+# Settings recorded in the manifest as the model's hyper-parameters.
+HYPERPARAMETERS = tuple(s.name for s in SETTINGS.values() if s.group == "head") + (
+    "testing_percentage", "validation_percentage")
+# What a sweep may vary: the head's knobs that change what is learned.
+SWEEPABLE = ("learning_rate", "train_batch_size", "how_many_training_steps", "optimizer", "hidden_units",
+             "dropout", "weight_decay")
+# Experiments (sweep, curve, compare) look for the step where validation accuracy
+# stopped improving, so they measure it more often than retrain logs it.
+EXPERIMENT_EVAL_STEP_INTERVAL = 10
+RETRAIN_PY_RECIPE = {"optimizer": "sgd", "learning_rate": 0.01, "train_batch_size": 100,
+                     "how_many_training_steps": 4000}
+
+
+def default(name: str) -> Any:
+    return SETTINGS[name].default
+
+
+def _field(name: str) -> Any:
+    return field(default=SETTINGS[name].default)
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """Every knob of a retrain run (see :data:`SETTINGS` for what each does)."""
+
+    image_dir: Path
+    output_dir: Path | None = _field("output_dir")
+    output_labels: Path | None = _field("output_labels")
+    bottleneck_dir: Path | None = _field("bottleneck_dir")
+    backbone: str = _field("backbone")
+    weights: Path | None = _field("weights")
+    crop_pct: float = _field("crop_pct")
+    runtime: str = _field("runtime")
+    precision: str = _field("precision")
+    how_many_training_steps: int = _field("how_many_training_steps")
+    learning_rate: float = _field("learning_rate")
+    optimizer: str = _field("optimizer")
+    train_batch_size: int = _field("train_batch_size")
+    validation_batch_size: int = _field("validation_batch_size")
+    test_batch_size: int = _field("test_batch_size")
+    eval_step_interval: int = _field("eval_step_interval")
+    testing_percentage: float = _field("testing_percentage")
+    validation_percentage: float = _field("validation_percentage")
+    hidden_units: int = _field("hidden_units")
+    dropout: float = _field("dropout")
+    weight_decay: float = _field("weight_decay")
+    print_misclassified_test_images: bool = _field("print_misclassified_test_images")
+    flip_left_right: bool = _field("flip_left_right")
+    random_crop: float = _field("random_crop")
+    random_scale: float = _field("random_scale")
+    random_brightness: float = _field("random_brightness")
+    distorted_copies: int = _field("distorted_copies")
+    seed: int = _field("seed")
+    extraction_batch_size: int = _field("extraction_batch_size")
+    workers: int | None = _field("workers")
+    strict: bool = _field("strict")
+    progress: bool = _field("progress")
+    write_report: bool = _field("write_report")
+
+    def hyperparameters(self) -> dict[str, Any]:
+        params = {k: getattr(self, k) for k in HYPERPARAMETERS}
+        if self.distortion().active:
+            params.update({s.name: getattr(self, s.name) for s in SETTINGS.values() if s.group == "distortion"})
+        return params
+
+    def distortion(self, copy: int = 0) -> Distortion:
+        return Distortion(self.flip_left_right, self.random_crop, self.random_scale, self.random_brightness, copy)
+
+    def head_params(self) -> dict[str, Any]:
+        """Keyword arguments of :class:`~headstart.head.SoftmaxHead` (its names, our values)."""
+        return {"hidden_units": self.hidden_units, "dropout": self.dropout, "optimizer": self.optimizer,
+                "learning_rate": self.learning_rate, "train_batch_size": self.train_batch_size,
+                "how_many_training_steps": self.how_many_training_steps, "weight_decay": self.weight_decay,
+                "eval_step_interval": self.eval_step_interval,
+                "validation_batch_size": self.validation_batch_size, "seed": self.seed}
+
+    def extraction_params(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`~headstart.features.compute_bottlenecks` that this run sets."""
+        return {"runtime": self.runtime, "precision": self.precision, "batch_size": self.extraction_batch_size,
+                "workers": self.workers, "progress": self.progress}
+
+
+CONFIG_FIELDS = tuple(f.name for f in fields(RetrainConfig))
+assert set(CONFIG_FIELDS) == set(SETTINGS), "every RetrainConfig field needs a Setting"  # a programming error
+
+
+def check_value(name: str, value: Any) -> None:
+    """Raise a usage error naming the flag when ``value`` is not valid for setting ``name``."""
+    setting = SETTINGS.get(name)
+    if setting is None:
+        raise UsageError(f"unknown setting {name!r}", hint=f"use one of {', '.join(SETTINGS)}")
+    problem = setting.problem(value)
+    if problem:
+        shown = "" if "got" in problem else f", got {value!r}"
+        raise UsageError(f"--{name} {problem}{shown}",
+                         hint=setting.hint or f"the default is {setting.default!r}: --{name} {setting.default}")
+
+
+def check_config(config: RetrainConfig, *, need_image_dir: bool = True) -> None:
+    """Every setting of ``config``, checked before any work (one-line usage errors, exit 2)."""
+    for name in CONFIG_FIELDS:
+        if name != "image_dir":
+            check_value(name, getattr(config, name))
+    if config.validation_percentage + config.testing_percentage > 100:
+        raise UsageError(f"--validation_percentage {config.validation_percentage} plus --testing_percentage "
+                         f"{config.testing_percentage} is over 100", hint="leave some images for training, e.g. 10 and 10")
+    if need_image_dir:
+        check_existing_dir(config.image_dir, "--image_dir")
+    if config.weights is not None and not Path(config.weights).expanduser().is_file():
+        raise UsageError(f"weights file not found: {config.weights}", hint="pass the path of a .safetensors or .pth file")
+
+
+def check_existing_dir(path: Path | str | None, flag: str) -> None:
+    """A folder the user typed must exist: a usage error (exit 2) everywhere, not a data error."""
+    if path is None:
+        raise UsageError(f"{flag} is required", hint=f"pass {flag} FOLDER")
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise UsageError(f"{flag}: no such folder: {folder}", hint="check the path")
+    if not folder.is_dir():
+        raise UsageError(f"{flag}: {folder} is not a folder",
+                         hint="pass the folder that holds one sub-folder per class")
+
+
+__all__ = ["SETTINGS", "Setting", "RetrainConfig", "check_config", "check_value", "check_existing_dir",
+           "HYPERPARAMETERS", "SWEEPABLE", "RETRAIN_PY_RECIPE", "default"]
