@@ -45,6 +45,17 @@ def _percentage(v: Any) -> str | None:
     return None if _is_real(v) and 0 <= v <= 100 else "must be between 0 and 100"
 
 
+def blocks_value(text: Any) -> Any:
+    """``--fine_tune_blocks``: a whole number of stages or ``all`` (anything else is left for the check to name)."""
+    if isinstance(text, str) and text.strip().isdigit():
+        return int(text)
+    return text.strip().lower() if isinstance(text, str) else text
+
+
+def _blocks(v: Any) -> str | None:
+    return None if (_is_int(v) and v >= 0) or v == "all" else "must be 0 (head only), a number of stages, or all"
+
+
 def _fraction(low: float, high: float) -> Check:
     return lambda v: None if _is_real(v) and low <= v < high else f"must be in [{low:g}, {high:g})"
 
@@ -57,7 +68,7 @@ class Setting:
     kind: type
     default: Any
     help: str
-    group: str  # data | output | backbone | head | distortion | run
+    group: str  # data | output | backbone | head | distortion | fine_tune | run
     check: Check | None = None
     choices: tuple[str, ...] | None = None
     hint: str | None = None
@@ -114,6 +125,17 @@ SETTINGS: dict[str, Setting] = _settings(
     Setting("dropout", float, 0.0, "dropout rate on the hidden layer's output", "head", _fraction(0.0, 1.0)),
     Setting("weight_decay", float, 0.0, "L2 penalty on the weights", "head", _non_negative_real),
     Setting("seed", int, 0, "random seed", "head", lambda v: None if _is_int(v) and v >= 0 else "must be 0 or more"),
+    # Measured on the demo data (docs/PERFORMANCE.md, "Choosing the head's defaults"): validation
+    # loss bottoms out at about 400 of the 1,000 steps, and keeping those weights scores higher.
+    Setting("early_stopping", bool, True, "keep the weights where the validation loss was lowest and stop when it "
+            "stops improving (--no_early_stopping: retrain.py's last weights)", "head"),
+    Setting("label_smoothing", float, 0.0, "train towards (1 - s) * one-hot + s / classes", "head",
+            _fraction(0.0, 1.0)),
+    Setting("class_weights", str, "balanced", "balanced: every class drawn equally often per batch, as retrain.py "
+            "drew them; none: images drawn uniformly, so classes weigh as much as the folder holds them", "head",
+            choices=("balanced", "none")),
+    Setting("unknown_accept", float, 0.95, "share of in-distribution (validation) images the 'unknown' threshold "
+            "accepts; 0 switches the unknown answer off", "head", _fraction(0.0, 1.0 + 1e-9)),
     Setting("flip_left_right", bool, False, "randomly mirror training images horizontally", "distortion"),
     Setting("random_crop", float, 0.0, "percent margin to crop training images at random", "distortion",
             _percentage),
@@ -123,6 +145,15 @@ SETTINGS: dict[str, Setting] = _settings(
             "distortion", _percentage),
     Setting("distorted_copies", int, 4, "distorted copies of each training image when a distortion is on "
             "(each computed once and cached)", "distortion", _at_least(1)),
+    # Fine-tuning (headstart.finetune): defaults measured in docs/PERFORMANCE.md, "Fine-tuning the top stages".
+    Setting("fine_tune_blocks", blocks_value, 0, "also train the top N stages of the backbone from their cached input "
+            "maps (0: the last layer only; all: the whole network, from images)", "fine_tune", _blocks),
+    Setting("fine_tune_epochs", int, 6, "passes over the training images when fine-tuning (early stopping on "
+            "validation loss keeps the best)", "fine_tune", _at_least(1)),
+    Setting("fine_tune_learning_rate", float, 0.001, "peak AdamW learning rate of the classifier when fine-tuning; "
+            "the pretrained stages learn at a tenth of it", "fine_tune", _positive_real),
+    Setting("fine_tune_label_smoothing", float, 0.1, "label smoothing when fine-tuning", "fine_tune",
+            _fraction(0.0, 1.0)),
     Setting("print_misclassified_test_images", bool, False, "list the test images the model gets wrong", "run"),
     Setting("extraction_batch_size", int, DEFAULT_BATCH_SIZE, "images per network call", "run", _at_least(1)),
     Setting("workers", int, None, "image decoding threads (default: one per core)", "run", _at_least(1)),
@@ -141,7 +172,7 @@ SWEEPABLE = ("learning_rate", "train_batch_size", "how_many_training_steps", "op
 # stopped improving, so they measure it more often than retrain logs it.
 EXPERIMENT_EVAL_STEP_INTERVAL = 10
 RETRAIN_PY_RECIPE = {"optimizer": "sgd", "learning_rate": 0.01, "train_batch_size": 100,
-                     "how_many_training_steps": 4000}
+                     "how_many_training_steps": 4000, "early_stopping": False}
 
 
 def default(name: str) -> Any:
@@ -184,6 +215,14 @@ class RetrainConfig:
     random_brightness: float = _field("random_brightness")
     distorted_copies: int = _field("distorted_copies")
     seed: int = _field("seed")
+    fine_tune_blocks: int | str = _field("fine_tune_blocks")
+    fine_tune_epochs: int = _field("fine_tune_epochs")
+    fine_tune_learning_rate: float = _field("fine_tune_learning_rate")
+    fine_tune_label_smoothing: float = _field("fine_tune_label_smoothing")
+    early_stopping: bool = _field("early_stopping")
+    label_smoothing: float = _field("label_smoothing")
+    class_weights: str = _field("class_weights")
+    unknown_accept: float = _field("unknown_accept")
     extraction_batch_size: int = _field("extraction_batch_size")
     workers: int | None = _field("workers")
     strict: bool = _field("strict")
@@ -194,6 +233,8 @@ class RetrainConfig:
         params = {k: getattr(self, k) for k in HYPERPARAMETERS}
         if self.distortion().active:
             params.update({s.name: getattr(self, s.name) for s in SETTINGS.values() if s.group == "distortion"})
+        if self.fine_tune_blocks:
+            params.update({s.name: getattr(self, s.name) for s in SETTINGS.values() if s.group == "fine_tune"})
         return params
 
     def distortion(self, copy: int = 0) -> Distortion:
@@ -205,7 +246,9 @@ class RetrainConfig:
                 "learning_rate": self.learning_rate, "train_batch_size": self.train_batch_size,
                 "how_many_training_steps": self.how_many_training_steps, "weight_decay": self.weight_decay,
                 "eval_step_interval": self.eval_step_interval,
-                "validation_batch_size": self.validation_batch_size, "seed": self.seed}
+                "validation_batch_size": self.validation_batch_size, "seed": self.seed,
+                "early_stopping": self.early_stopping, "label_smoothing": self.label_smoothing,
+                "sampling": "class" if self.class_weights == "balanced" else "image"}
 
     def extraction_params(self) -> dict[str, Any]:
         """Keyword arguments of :func:`~headstart.features.compute_bottlenecks` that this run sets."""

@@ -47,6 +47,7 @@ class ModelInfo:
     provenance: dict
     check: dict | None
     source: str  # "sidecar" | "onnx metadata"
+    unknown: dict | None = None  # {"threshold", "accept", "method"} when the graph has an ood_score output
 
     @property
     def input_size(self) -> int:
@@ -82,7 +83,17 @@ def _info_from_dict(path: Path, data: Any, source: str) -> ModelInfo:
     return ModelInfo(path=path, model_format=str(data.get("model_format", "onnx")),
                      precision=str(data.get("precision", "fp32")), labels=tuple(labels),
                      preprocessing=preprocessing, provenance=dict(data.get("provenance") or {}),
-                     check=data.get("check"), source=source)
+                     check=data.get("check"), source=source, unknown=_unknown_section(data, where))
+
+
+def _unknown_section(data: dict, where: str) -> dict | None:
+    section = data.get("unknown")
+    if section is None:
+        return None
+    threshold = section.get("threshold") if isinstance(section, dict) else "missing"
+    if threshold is not None and (not isinstance(threshold, (int, float)) or isinstance(threshold, bool)):
+        raise ModelError(f"{where}: unknown.threshold is malformed", hint="export the model again")
+    return dict(section)
 
 
 def _onnx_metadata(path: Path) -> dict[str, str]:
@@ -135,7 +146,11 @@ def resolve_deployed_runtime(model_format: str, runtime: str = "auto", precision
 
 
 class DeployedModel:
-    """An exported model, ready to run: ``predict_proba(uint8 [N, H, W, 3]) -> float32 [N, classes]``."""
+    """An exported model, ready to run: uint8 ``[N, H, W, 3]`` in, probabilities (and novelty scores) out.
+
+    Most callers want :func:`headstart.load_model`, whose Classifier decodes and
+    batches images for this; this class is the bare graph and its description.
+    """
 
     def __init__(self, path: str | Path, *, runtime: str = "auto", precision: str = "auto",
                  threads: int | None = None) -> None:
@@ -150,7 +165,16 @@ class DeployedModel:
     def labels(self) -> tuple[str, ...]:
         return self.info.labels
 
-    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+    @property
+    def has_novelty(self) -> bool:
+        return self.info.unknown is not None
+
+    @property
+    def threshold(self) -> float | None:
+        return None if self.info.unknown is None else self.info.unknown.get("threshold")
+
+    def predict_scores(self, images: np.ndarray) -> np.ndarray:
+        """``[N, classes]`` probabilities, plus the graph's ``ood_score`` as a last column when it has one."""
         size = self.info.input_size
         if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
             raise UsageError(f"expected uint8 images of shape [N, {size}, {size}, 3], "
@@ -158,36 +182,13 @@ class DeployedModel:
                              hint="decode with headstart.data.load_image and the model's preprocessing")
         return np.asarray(self._run(images), dtype=np.float32)
 
-    def label_files(self, paths: Sequence[Path], *, top_k: int = 5, batch_size: int = 32, workers: int | None = None,
-                    progress: bool = False) -> tuple[list[tuple[Path, tuple[tuple[str, float], ...]]],
-                                                     list[SkippedImage]]:
-        """Top-k ``(label, probability)`` per readable image; unreadable ones come back as skipped."""
-        from .features import decode_ahead, default_workers, run_batches
-        from .progress import Progress
-
-        results: dict[int, tuple[tuple[str, float], ...]] = {}
-        skipped: list[SkippedImage] = []
-        k = max(1, min(top_k, len(self.labels)))
-        with Progress(len(paths), "Labelling", unit="img", enabled=progress) as bar:
-
-            def on_batch(positions: list[int], proba: np.ndarray) -> None:
-                order = np.argsort(-proba, axis=1, kind="stable")[:, :k]
-                for row, position in enumerate(positions):
-                    results[position] = tuple((self.labels[j], float(proba[row, j])) for j in order[row])
-                bar.update(len(positions))
-
-            def on_skip(position: int, reason: str) -> None:
-                skipped.append(SkippedImage(paths[position], reason))
-                bar.update(1)
-
-            items = decode_ahead(list(paths), self.info.preprocessing, batch_size, workers or default_workers())
-            run_batches(self.predict_proba, items, batch_size, on_batch, on_skip)
-        return [(paths[i], results[i]) for i in sorted(results)], skipped
+    def predict_proba(self, images: np.ndarray) -> np.ndarray:
+        return self.predict_scores(images)[:, :len(self.labels)]
 
 
 def load_model(path: str | Path, *, runtime: str = "auto", precision: str = "auto",
                threads: int | None = None) -> DeployedModel:
-    """Open an exported model (.onnx, OpenVINO .xml, or TensorRT .engine) for inference."""
+    """Open an exported model (.onnx, OpenVINO .xml, or TensorRT .engine): the bare graph."""
     return DeployedModel(path, runtime=runtime, precision=precision, threads=threads)
 
 

@@ -49,6 +49,7 @@ FORMATS = ("onnx", "openvino", "tensorrt")
 PRECISIONS = {"onnx": ("fp32", "int8"), "openvino": ("fp32", "fp16", "int8"), "tensorrt": ("fp32", "fp16", "int8")}
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tensorrt": ".engine"}
 OUTPUT_NAME = "probabilities"
+OOD_OUTPUT_NAME = "ood_score"
 DEFAULT_MAX_ACCURACY_DROP = 1.0  # points of test accuracy
 DEFAULT_CALIBRATION_IMAGES = 300
 MAX_CHECK_IMAGES = 1000
@@ -103,12 +104,13 @@ class CheckImages:
 # ---------------------------------------------------------------- the graph
 
 
-def fold_head(tensors: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The head as ``(weight [in, out], bias)`` layers, feature standardisation folded into the first.
+def fold_head(tensors: dict[str, np.ndarray], temperature: float = 1.0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The head as ``(weight [in, out], bias)`` layers, standardisation and temperature folded in.
 
-    ``((x - m) / s) @ W + b == x @ (W / s[:, None]) + (b - (m / s) @ W)``, computed
-    in float64, so the graph needs no extra ops and matches ``SoftmaxHead.logits``.
-    A ReLU sits between two layers (``hidden_units > 0``).
+    ``((x - m) / s) @ W + b == x @ (W / s[:, None]) + (b - (m / s) @ W)``, and the
+    calibration temperature divides the last layer, computed in float64, so the
+    graph needs no extra ops and matches ``SoftmaxHead.predict_proba``.  A ReLU
+    sits between two layers (``hidden_units > 0``).
     """
     t = {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}
     layers = [(t["hidden.weight"], t["hidden.bias"])] if "hidden.weight" in t else []
@@ -117,26 +119,24 @@ def fold_head(tensors: dict[str, np.ndarray]) -> list[tuple[np.ndarray, np.ndarr
         w, b = layers[0]
         mean, std = t["standardize.mean"], t["standardize.std"]
         layers[0] = (w / std[:, None], b - (mean / std) @ w)
+    w, b = layers[-1]
+    layers[-1] = (w / temperature, b / temperature)
     return [(w.astype(np.float32), b.astype(np.float32)) for w, b in layers]
 
 
 def create_classifier(bundle: Bundle, backbone: "Backbone") -> "torch.nn.Module":
-    """uint8 images -> probabilities: InputAdapter(backbone) -> trained head -> softmax, in eval mode."""
-    import torch
+    """uint8 images -> probabilities (and ``ood_score`` when the run has one), in eval mode.
 
-    from .networks import create_feature_extractor
+    InputAdapter(backbone) -> trained head with its temperature -> softmax; the
+    novelty score is computed in the graph from the same bottleneck, so every
+    export says "unknown" exactly when the run directory does.
+    """
+    from .graph import create_classifier_module
+    from .model import load_head, load_novelty
 
-    layers: list[torch.nn.Module] = [create_feature_extractor(backbone)]
-    for i, (w, b) in enumerate(fold_head(bundle.head_tensors)):
-        if i:
-            layers.append(torch.nn.ReLU())
-        linear = torch.nn.Linear(w.shape[0], w.shape[1])
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
-            linear.bias.copy_(torch.from_numpy(b))
-        layers.append(linear)
-    layers.append(torch.nn.Softmax(dim=-1))
-    return torch.nn.Sequential(*layers).eval().requires_grad_(False)
+    head = load_head(bundle)
+    return create_classifier_module(backbone, fold_head(head.to_state()[0], head.temperature_),
+                                    load_novelty(bundle))
 
 
 def head_sha256(run_dir: Path) -> str:
@@ -147,7 +147,14 @@ def describe_export(bundle: Bundle, backbone: "Backbone", model_format: str, pre
     """The sidecar without the self-check: also stored, as JSON, in the ONNX metadata."""
     from . import __version__
 
+    from .model import load_novelty
+
     prep = bundle.preprocessing
+    novelty = load_novelty(bundle)
+    unknown = None if novelty is None else {
+        "output": OOD_OUTPUT_NAME, "threshold": novelty.threshold, "accept": novelty.accept,
+        "method": "msp+nearest-class-cosine",
+        "meaning": "novelty score; above threshold the answer is 'unknown' (threshold null: switched off)"}
     return {
         "format": SIDECAR_FORMAT,
         "format_version": SIDECAR_VERSION,
@@ -156,7 +163,8 @@ def describe_export(bundle: Bundle, backbone: "Backbone", model_format: str, pre
         "input": {"name": "images", "dtype": "uint8", "layout": "NHWC", "color": "RGB",
                   "shape": ["batch", prep.input_size, prep.input_size, 3]},
         "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(bundle.labels)],
-                   "meaning": "softmax probabilities, columns follow labels"},
+                   "meaning": "calibrated softmax probabilities, columns follow labels"},
+        **({"unknown": unknown} if unknown else {}),
         "labels": list(bundle.labels),
         "preprocessing": {
             **prep.to_dict(),
@@ -212,18 +220,22 @@ def _spread(records: Sequence[ImageRecord], limit: int, seed: int = 0) -> list[I
     return [records[i] for i in sorted(chosen)]
 
 
-def decode_images(records: Sequence[ImageRecord], prep: Preprocessing) -> tuple[np.ndarray, list[ImageRecord]]:
+def decode_images(records: Sequence[ImageRecord], prep: Preprocessing, *, progress: bool = False,
+                  desc: str = "Decoding") -> tuple[np.ndarray, list[ImageRecord]]:
     """uint8 ``[N, S, S, 3]`` for the readable records, and those records."""
     from .features import decode_ahead, default_workers
+    from .progress import Progress
 
     kept, images = [], []
     paths = [r.path for r in records]
-    for position, image, error in decode_ahead(paths, prep, 32, default_workers()):
-        if image is None:
-            log.warning("skipping %s: %s", paths[position], error)
-            continue
-        kept.append(records[position])
-        images.append(image)
+    with Progress(len(paths), desc, unit="img", enabled=progress) as bar:
+        for position, image, error in decode_ahead(paths, prep, 32, default_workers()):
+            bar.update(1)
+            if image is None:
+                log.warning("skipped %s: %s", paths[position], error)
+                continue
+            kept.append(records[position])
+            images.append(image)
     if not images:
         return np.zeros((0, prep.input_size, prep.input_size, 3), np.uint8), []
     return np.stack(images), kept
@@ -265,7 +277,8 @@ def compare(proba: np.ndarray, reference: np.ndarray, y: np.ndarray) -> dict[str
 def _write_onnx(module: "torch.nn.Module", path: Path, input_size: int, description: dict[str, Any]) -> Path:
     from .runtimes import export_onnx
 
-    return export_onnx(module, path, input_size, output_name=OUTPUT_NAME,
+    names = [OUTPUT_NAME, OOD_OUTPUT_NAME] if description.get("unknown") else OUTPUT_NAME
+    return export_onnx(module, path, input_size, output_name=names,
                        metadata=_onnx_metadata(description))
 
 
@@ -388,7 +401,7 @@ def export_model(model: str | Path, *, model_format: str = "onnx", precision: st
         raise DataError(f"cannot check the export: {images.note or 'no test images'}",
                         hint="pass --image_dir with labelled images (one folder per label), or --force "
                              "to export unchecked")
-    x_test, test_records = decode_images(test_records, prep)
+    x_test, test_records = decode_images(test_records, prep, progress=progress, desc="Test images")
     y_test = np.array([bundle.labels.index(r.label) for r in test_records], dtype=np.int64)
 
     description = describe_export(bundle, backbone, model_format, precision)
@@ -397,6 +410,7 @@ def export_model(model: str | Path, *, model_format: str = "onnx", precision: st
     staging.mkdir(parents=True)
     try:
         staged = staging / out.name
+        log.info("writing the ONNX graph: normalisation, backbone, head and softmax in one file")
         onnx_fp32 = _write_onnx(module, staging / "fp32.onnx", prep.input_size, description)
         source_onnx = onnx_fp32
         if model_format == "tensorrt":
@@ -404,7 +418,7 @@ def export_model(model: str | Path, *, model_format: str = "onnx", precision: st
                                                       calibration_images, prep, cache_dir)
         elif precision == "int8":
             calibration = _spread(images.training, calibration_images, seed=1)
-            x_cal, _ = decode_images(calibration, prep)
+            x_cal, _ = decode_images(calibration, prep, progress=progress, desc="Calibration images")
             source_onnx = quantize_int8(onnx_fp32, staging / "int8.onnx", x_cal)
             _set_onnx_metadata(source_onnx, _onnx_metadata(description))
             description["calibration"] = {"images": len(x_cal), "source": "run training split",
@@ -412,6 +426,7 @@ def export_model(model: str | Path, *, model_format: str = "onnx", precision: st
         if model_format == "onnx":
             os.replace(source_onnx, staged)
         elif model_format == "openvino":
+            log.info("converting to OpenVINO IR")
             _write_openvino(source_onnx, staged, precision, description)
         files = [p for p in staging.iterdir() if p.stem == out.stem]
 
@@ -448,7 +463,8 @@ def _self_check(module: "torch.nn.Module", path: Path, model_format: str, x: np.
                           precision="engine" if model_format == "tensorrt" else "fp32")
     runtime = exported.runtime
     log.info("checking the export against PyTorch on %d test images", len(x))
-    reference = predict(torch_runner(module), x, progress=progress, desc="PyTorch fp32")
+    n = len(exported.labels)  # the reference module may also return the novelty score, after the probabilities
+    reference = predict(torch_runner(module), x, progress=progress, desc="PyTorch fp32")[:, :n]
     numbers = compare(predict(exported.predict_batch, x, progress=progress, desc=f"{runtime} export"), reference, y)
     passed = numbers["accuracy_drop"] <= max_accuracy_drop
     note = None

@@ -39,7 +39,7 @@ import numpy as np
 from headstart.checks import is_int as _is_int
 from headstart.errors import ModelError
 from headstart.head_math import (Weights, _accuracy_and_cross_entropy, _as_features, _as_labels,
-                                 _check_label_range, _ClassBalancedSampler, _init_weights, _jsonable, _log_softmax,
+                                 _check_label_range, _ClassBalancedSampler, _UniformSampler, _init_weights, _jsonable, _log_softmax,
                                  _logits, _loss_and_grads, _Optimizer, _single_blas_thread)
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 __all__ = ["HeadStateError", "NotFittedError", "SoftmaxHead", "TrainStep"]
 
 OPTIMIZERS = ("sgd", "momentum", "adam")
+SAMPLING = ("class", "image")
+EARLY_STOPPING_EVERY = 10  # steps between measurements of the whole validation loss
 STATE_FORMAT = "headstart.softmax_head"
 STATE_VERSION = 1
 _PREDICT_CHUNK = 8192  # rows per forward pass at inference: bounds memory with a hidden layer
@@ -113,18 +115,30 @@ class SoftmaxHead:
     seed: seeds initialisation, batch sampling and dropout (``np.random.default_rng``);
         validation sampling uses an independent stream, so watching a validation
         set never changes the trained weights.
+    early_stopping: with a validation set, measure its whole cross-entropy every
+        ``EARLY_STOPPING_EVERY`` steps, keep the weights where it was lowest, and
+        stop once it has not improved for ``patience`` (a fifth of the steps, at
+        least 100).  ``False`` = retrain.py (the last weights are kept).
+    label_smoothing: train towards ``(1 - s) * onehot + s / n_classes`` (0 = retrain.py).
+    sampling: ``"class"`` draws a class uniformly, then one of its images
+        (retrain.py; rare classes are seen as often as common ones); ``"image"``
+        draws images uniformly, so classes are seen as often as the folder holds them.
 
     Fitted attributes: ``classes_``, ``n_features_in_``, ``weights_`` (name ->
     float32 array), ``feature_mean_`` / ``feature_std_`` (``None`` unless
     ``standardize``), ``history_`` (list of :class:`TrainStep`), ``diverged_``,
-    ``n_steps_run_`` (steps run, the one that diverged included), ``fit_seconds_``.
+    ``n_steps_run_`` (steps run, the one that diverged included), ``fit_seconds_``,
+    ``best_step_`` (the step whose weights were kept), ``temperature_`` (1.0 until
+    :func:`headstart.calibrate.fit_temperature` sets it; ``predict_proba`` divides
+    the logits by it).
     """
 
     def __init__(self, n_classes: int | None = None, hidden_units: int = 0, dropout: float = 0.0,
                  optimizer: str = "sgd", learning_rate: float = 0.01, train_batch_size: int = 100,
                  how_many_training_steps: int = 4000, weight_decay: float = 0.0,
                  eval_step_interval: int = 10, validation_batch_size: int = 100,
-                 standardize: bool = False, seed: int = 0) -> None:
+                 standardize: bool = False, seed: int = 0, early_stopping: bool = False,
+                 label_smoothing: float = 0.0, sampling: str = "class") -> None:
         self.n_classes = n_classes
         self.hidden_units = hidden_units
         self.dropout = dropout
@@ -137,6 +151,9 @@ class SoftmaxHead:
         self.validation_batch_size = validation_batch_size
         self.standardize = standardize
         self.seed = seed
+        self.early_stopping = early_stopping
+        self.label_smoothing = label_smoothing
+        self.sampling = sampling
 
     # ------------------------------------------------------------------ sklearn API
     @classmethod
@@ -203,9 +220,9 @@ class SoftmaxHead:
 
         # Overflow is expected while a run diverges; it is detected and reported, not warned about.
         with _single_blas_thread(), np.errstate(over="ignore", invalid="ignore"):
-            weights, history, diverged, steps_run = self._train(X, y, X_val if has_val else None,
-                                                                y_val if has_val else None,
-                                                                n_classes, callback)
+            weights, history, diverged, steps_run, best_step = self._train(X, y, X_val if has_val else None,
+                                                                           y_val if has_val else None,
+                                                                           n_classes, callback)
 
         self.classes_ = np.arange(n_classes)
         self.n_features_in_ = int(X.shape[1])
@@ -215,31 +232,38 @@ class SoftmaxHead:
         self.history_ = history
         self.diverged_ = diverged
         self.n_steps_run_ = steps_run
+        self.best_step_ = best_step
+        self.temperature_ = 1.0
         self.fit_seconds_ = time.perf_counter() - start
         log.debug("SoftmaxHead.fit: %d steps in %.3fs", self.n_steps_run_, self.fit_seconds_)
         return self
 
     def _train(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None,
                n_classes: int, callback: Callable[[TrainStep], None] | None,
-               ) -> tuple[Weights, list[TrainStep], bool, int]:
+               ) -> tuple[Weights, list[TrainStep], bool, int, int]:
         """The retrain.py loop: sample, step, and every ``eval_step_interval`` steps evaluate.
 
-        Returns the kept weights, the history, whether training diverged and how many
-        steps ran.  "Diverged" means a non-finite training loss or weight; the kept
-        weights are then the last ones that gave a finite training loss.
+        Returns the kept weights, the history, whether training diverged, how many
+        steps ran and the step whose weights were kept.  "Diverged" means a
+        non-finite training loss or weight; the kept weights are then the last
+        ones that gave a finite training loss.
         """
         rng = np.random.default_rng(self.seed)
         val_rng = np.random.default_rng(np.random.SeedSequence(self.seed).spawn(1)[0])
         hidden = int(self.hidden_units)
         weights = _init_weights(rng, X.shape[1], hidden, n_classes)
         optimizer = _Optimizer(self.optimizer, float(self.learning_rate), weights)
-        train_sampler = _ClassBalancedSampler(y)
+        train_sampler = _ClassBalancedSampler(y) if self.sampling == "class" else _UniformSampler(len(y))
         val_sampler = _ClassBalancedSampler(y_val) if y_val is not None else None
         batch = int(self.train_batch_size)
         dropout = float(self.dropout)
         wd = float(self.weight_decay)
         steps = int(self.how_many_training_steps)
         interval = int(self.eval_step_interval)
+        smoothing = float(self.label_smoothing)
+        watch = bool(self.early_stopping) and X_val is not None and y_val is not None
+        patience = max(100, steps // 5)
+        best: tuple[float, int, Weights] = (math.inf, 0, weights)
 
         def evaluate(w: Weights, Xb: np.ndarray, yb: np.ndarray, step: int) -> TrainStep:
             train_acc, train_ce = _accuracy_and_cross_entropy(w, Xb, yb)
@@ -264,13 +288,25 @@ class SoftmaxHead:
             if dropout > 0:
                 mask = rng.random((len(Xb), hidden or X.shape[1]), dtype=np.float32) >= dropout
                 keep = mask.astype(np.float32) / np.float32(1.0 - dropout)
-            loss, grads = _loss_and_grads(weights, Xb, yb, wd, keep)
+            loss, grads = _loss_and_grads(weights, Xb, yb, wd, keep, smoothing)
             if not math.isfinite(loss):
                 break
             good = weights
             weights = optimizer.update(weights, grads)
             if not all(np.isfinite(w).all() for w in weights.values()):
                 break
+            if watch and (step % EARLY_STOPPING_EVERY == 0 or step == steps - 1):
+                assert X_val is not None and y_val is not None
+                _, val_ce = _accuracy_and_cross_entropy(weights, X_val, y_val)
+                if val_ce < best[0] - 1e-6:
+                    best = (val_ce, step, weights)
+                elif step - best[1] >= patience:
+                    row = evaluate(best[2], Xb, yb, step)
+                    history.append(row)
+                    if callback is not None:
+                        callback(row)
+                    log.debug("early stop at step %d: validation loss best at step %d", step, best[1])
+                    return best[2], history, False, step + 1, best[1]
             if step % interval == 0 or step == steps - 1:
                 row = evaluate(weights, Xb, yb, step)
                 if not math.isfinite(row.cross_entropy):
@@ -280,7 +316,9 @@ class SoftmaxHead:
                 if callback is not None:
                     callback(row)
         else:
-            return weights, history, False, steps
+            if watch:
+                return best[2], history, False, steps, best[1]
+            return weights, history, False, steps, steps - 1
 
         row = evaluate(good, Xb, yb, step)
         row = TrainStep(step, row.train_accuracy, math.nan, row.validation_accuracy,
@@ -290,7 +328,7 @@ class SoftmaxHead:
             callback(row)
         log.warning("Training diverged at step %d (loss or weights not finite); kept the last "
                     "weights with a finite loss. Try a lower learning_rate.", step)
-        return good, history, True, step + 1
+        return good, history, True, step + 1, step
 
     def _check_params(self) -> None:
         """Validate hyperparameters at fit time (scikit-learn style: never in __init__)."""
@@ -317,6 +355,10 @@ class SoftmaxHead:
             problems.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not _is_int(self.seed):
             problems.append(f"seed must be an integer, got {self.seed!r}")
+        if not (0.0 <= self.label_smoothing < 1.0):
+            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if self.sampling not in SAMPLING:
+            problems.append(f"sampling must be one of {', '.join(SAMPLING)}, got {self.sampling!r}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -334,8 +376,8 @@ class SoftmaxHead:
         return out
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities, float32 [N, n_classes]; columns follow ``classes_``."""
-        scores = self.logits(X)
+        """Class probabilities, float32 [N, n_classes], calibrated by ``temperature_``; columns follow ``classes_``."""
+        scores = self.logits(X) / np.float32(getattr(self, "temperature_", 1.0))
         with np.errstate(over="ignore"):  # z - max may round to -inf: probability 0, as it should
             return np.exp(_log_softmax(scores))
 
@@ -373,6 +415,7 @@ class SoftmaxHead:
             "weight_layout": "in_out",
             "diverged": bool(self.diverged_),
             "n_steps_run": int(self.n_steps_run_),
+            "temperature": float(getattr(self, "temperature_", 1.0)),
             "params": _jsonable(self.get_params()),
         }
         return tensors, config
@@ -448,5 +491,11 @@ class SoftmaxHead:
         head.history_ = []
         head.diverged_ = bool(config.get("diverged", False))
         head.n_steps_run_ = int(config.get("n_steps_run", 0))
+        head.best_step_ = max(0, head.n_steps_run_ - 1)
+        temperature = config.get("temperature", 1.0)
+        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not (
+                math.isfinite(temperature) and temperature > 0):
+            raise HeadStateError(f"config temperature must be a positive number, got {temperature!r}")
+        head.temperature_ = float(temperature)
         head.fit_seconds_ = 0.0
         return head

@@ -81,7 +81,7 @@ def _accuracy_and_cross_entropy(w: Weights, X: np.ndarray, y: np.ndarray) -> tup
 
 
 def _loss_and_grads(w: Weights, X: np.ndarray, y: np.ndarray, weight_decay: float = 0.0,
-                    keep: np.ndarray | None = None) -> tuple[float, Weights]:
+                    keep: np.ndarray | None = None, label_smoothing: float = 0.0) -> tuple[float, Weights]:
     """Mean softmax cross-entropy of a batch and the gradients of the training objective.
 
     The objective is ``cross_entropy + weight_decay / 2 * sum(||W||²)`` over weight
@@ -104,8 +104,12 @@ def _loss_and_grads(w: Weights, X: np.ndarray, y: np.ndarray, weight_decay: floa
     logp = _log_softmax(z)
     loss = -float(logp[rows, y].mean(dtype=np.float64))
 
-    dz = np.exp(logp)  # d(mean CE)/dz = (softmax - onehot) / n
-    dz[rows, y] -= 1
+    dz = np.exp(logp)  # d(mean CE)/dz = (softmax - target) / n
+    if label_smoothing:  # target = (1 - s) * onehot + s / classes; the logged loss stays retrain.py's
+        dz -= label_smoothing / z.shape[1]
+        dz[rows, y] -= 1 - label_smoothing
+    else:
+        dz[rows, y] -= 1
     dz /= n
     grads: Weights = {"final.weight": h.T @ dz, "final.bias": dz.sum(axis=0)}
     if hidden:
@@ -175,6 +179,16 @@ class _ClassBalancedSampler:
         cls = rng.integers(0, len(self.counts), size=n)
         offsets = rng.integers(0, self.counts[cls])
         return self.order[self.starts[cls] + offsets]
+
+
+class _UniformSampler:
+    """Images drawn uniformly with replacement: classes seen as often as the folder holds them."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        return rng.integers(0, self.n, size=n)
 
 
 # ---------------------------------------------------------------------- input checks

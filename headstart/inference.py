@@ -19,7 +19,8 @@ from .config import check_existing_dir
 from .data import ImageRecord, SkippedImage, find_images, index_image_dir
 from .metrics import Evaluation, Misclassified, find_misclassified
 from .metrics import evaluate as evaluate_predictions
-from .model import Prediction, load_model
+from .errors import ModelError
+from .model import Classifier, Prediction, load_model
 from .model import top_k as top_labels
 
 
@@ -71,20 +72,79 @@ def label_imagenet(inputs: Sequence[str | Path], *, backbone: str = DEFAULT_BACK
 
 
 
+@dataclass(frozen=True)
+class UnknownShare:
+    """How often the model answered "unknown": on labelled images (should be rare) or on novel ones."""
+
+    n: int
+    unknown: int
+    threshold: float | None
+
+    @property
+    def rejected(self) -> float:
+        return self.unknown / self.n if self.n else 0.0
+
+    @property
+    def accepted(self) -> float:
+        return 1.0 - self.rejected
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {"n": self.n, "unknown": self.unknown, "accepted": round(self.accepted, 6),
+                "rejected": round(self.rejected, 6), "threshold": self.threshold}
+
+
+@dataclass(frozen=True)
+class EvaluateResult:
+    """``evaluate``'s answer; unpacks as ``(evaluation, misclassified, skipped)`` as it always has."""
+
+    evaluation: Evaluation
+    misclassified: tuple[Misclassified, ...]
+    skipped: tuple[SkippedImage, ...]
+    unknown: UnknownShare | None  # the share of these labelled images answered "unknown"
+
+    def __iter__(self):  # noqa: ANN204 - tuple-style unpacking
+        return iter((self.evaluation, self.misclassified, self.skipped))
+
+
+def _share(classifier: Classifier, ood: np.ndarray | None) -> UnknownShare | None:
+    flags = classifier.is_unknown(ood)
+    if flags is None:
+        return None
+    return UnknownShare(int(len(flags)), int(flags.sum()), classifier.threshold)
+
+
 def evaluate(model: str | Path, image_dir: str | Path, *, bottleneck_dir: str | Path | None = None,
              runtime: str = "auto", precision: str = "auto", weights: str | Path | None = None,
-             progress: bool = True) -> tuple[Evaluation, tuple[Misclassified, ...], tuple[SkippedImage, ...]]:
+             progress: bool = True) -> EvaluateResult:
     """The test metrics of a saved model on another labelled folder (folders matched to labels by name)."""
     check_existing_dir(image_dir, "--image_dir")
     with load_model(model, runtime=runtime, precision=precision, weights=weights, bottleneck_dir=bottleneck_dir,
                     use_cache=True) as classifier:
         labels = classifier.labels
         index = index_image_dir(image_dir, 0, 100, labels=labels, require_training=False)
-        records, proba, failed = classifier.proba_for_records(index.records, progress=progress)
+        records, proba, ood, failed = classifier.score_records(index.records, progress=progress)
+        unknown = _share(classifier, ood)
     y = np.array([labels.index(r.label) for r in records], dtype=np.int64)
     result = evaluate_predictions(y, proba, labels)
     wrong = find_misclassified(records, proba, labels)
-    return result, wrong, tuple(index.skipped) + tuple(failed)
+    return EvaluateResult(result, wrong, tuple(index.skipped) + tuple(failed), unknown)
 
 
-__all__ = ["LabelResult", "Misclassified", "label", "label_imagenet", "evaluate", "find_misclassified"]
+def evaluate_unknown(model: str | Path, unknown_dir: str | Path, *, bottleneck_dir: str | Path | None = None,
+                     runtime: str = "auto", precision: str = "auto", weights: str | Path | None = None,
+                     progress: bool = True) -> tuple[UnknownShare, tuple[SkippedImage, ...]]:
+    """How many images of none of the model's classes (any folder of images) it rejects as "unknown"."""
+    check_existing_dir(unknown_dir, "--unknown_dir")
+    paths = find_images([unknown_dir])
+    with load_model(model, runtime=runtime, precision=precision, weights=weights, bottleneck_dir=bottleneck_dir,
+                    use_cache=True) as classifier:
+        predictions, skipped = classifier.predict_files(paths, top_k=1, progress=progress)
+        if not classifier.has_novelty:
+            raise ModelError(f"{model} has no novelty score, so it never answers 'unknown'",
+                             hint="retrain it with this version of headstart")
+        share = UnknownShare(len(predictions), sum(p.unknown for p in predictions), classifier.threshold)
+    return share, tuple(skipped)
+
+
+__all__ = ["LabelResult", "Misclassified", "EvaluateResult", "UnknownShare", "label", "label_imagenet", "evaluate",
+           "evaluate_unknown", "find_misclassified"]

@@ -28,8 +28,11 @@ from .data import DEFAULT_MAX_PIXELS, ImageRecord, Preprocessing, SkippedImage, 
 from .errors import HeadstartError, ModelError, UsageError
 from .runtimes import DEFAULT_BATCH_SIZE, Runner, RuntimeChoice, available_runtimes, resolve_runtime
 
+NOVELTY_PREFIX = "novelty."  # head.safetensors tensors that belong to the novelty score, not the head
+
 if TYPE_CHECKING:  # pragma: no cover
     from .backbones import Backbone
+    from .calibrate import NoveltyScore
     from .bundle import Bundle
     from .head import SoftmaxHead
 
@@ -89,10 +92,16 @@ def as_network_input(image: np.ndarray, prep: Preprocessing) -> np.ndarray:
 
 
 def resolve_model_backbone(bundle: Bundle, weights: str | Path | None = None) -> Backbone:
-    """The backbone a saved model was trained on, checked against the weights found here."""
+    """The backbone a saved model was trained on, checked against the weights found here.
+
+    A fine-tuned run carries its own backbone (``backbone.safetensors``, verified by ``load_bundle``).
+    """
     from .backbones import resolve_backbone
+    from .bundle import BACKBONE_NAME
 
     info = bundle.backbone
+    if weights is None and info.fine_tune_blocks is not None:
+        weights = bundle.path / BACKBONE_NAME
     try:
         backbone = resolve_backbone(info.name, weights, crop_pct=bundle.preprocessing.crop_pct)
     except UsageError as exc:
@@ -110,8 +119,23 @@ def resolve_model_backbone(bundle: Bundle, weights: str | Path | None = None) ->
 def load_head(bundle: Bundle) -> SoftmaxHead:
     from .head import SoftmaxHead
 
+    tensors = {k: v for k, v in bundle.head_tensors.items() if not k.startswith(NOVELTY_PREFIX)}
     try:
-        return SoftmaxHead.from_state(bundle.head_tensors, bundle.head_config)
+        return SoftmaxHead.from_state(tensors, bundle.head_config)
+    except ValueError as exc:
+        raise ModelError(f"{bundle.path}: {exc}", hint="retrain, or restore head.safetensors") from exc
+
+
+def load_novelty(bundle: Bundle) -> NoveltyScore | None:
+    """The run's novelty score (None for runs trained before headstart had an "unknown" answer)."""
+    from .calibrate import NoveltyScore
+
+    config = bundle.head_config.get("novelty")
+    if config is None:
+        return None
+    tensors = {k: v for k, v in bundle.head_tensors.items() if k.startswith(NOVELTY_PREFIX)}
+    try:
+        return NoveltyScore.from_state(tensors, config)
     except ValueError as exc:
         raise ModelError(f"{bundle.path}: {exc}", hint="retrain, or restore head.safetensors") from exc
 
@@ -158,12 +182,16 @@ class Classifier:
         self._lock = threading.Lock()
 
     # -- what subclasses provide
-    def _proba(self, images: np.ndarray) -> np.ndarray:
+    threshold: float | None = None  # novelty score past which the answer is "unknown" (None: off)
+    has_novelty = False  # whether _scores appends a novelty column after the probabilities
+
+    def _scores(self, images: np.ndarray) -> np.ndarray:
+        """``[N, classes]`` probabilities, plus a last column of novelty scores when ``has_novelty``."""
         raise NotImplementedError
 
-    def _proba_for_records(self, records: Sequence[ImageRecord], progress: bool,
-                           ) -> tuple[list[ImageRecord], np.ndarray, list[SkippedImage]]:
-        """Probabilities of the readable records (decoded ahead in threads, run in batches)."""
+    def _scores_for_records(self, records: Sequence[ImageRecord], progress: bool,
+                            ) -> tuple[list[ImageRecord], np.ndarray, list[SkippedImage]]:
+        """Scores of the readable records (decoded ahead in threads, run in batches)."""
         from .features import decode_ahead, default_workers, run_batches
         from .progress import Progress
 
@@ -181,10 +209,15 @@ class Classifier:
                 bar.update(1)
 
             items = decode_ahead(paths, self.preprocessing, self.batch_size, default_workers())
-            run_batches(self.predict_batch, items, self.batch_size, on_batch, on_skip)
+            run_batches(self._checked_scores, items, self.batch_size, on_batch, on_skip)
         kept = sorted(rows)
-        proba = np.stack([rows[i] for i in kept]) if kept else np.zeros((0, len(self.labels)), np.float32)
-        return [records[i] for i in kept], proba, skipped
+        width = len(self.labels) + int(self.has_novelty)
+        scores = np.stack([rows[i] for i in kept]) if kept else np.zeros((0, width), np.float32)
+        return [records[i] for i in kept], scores, skipped
+
+    def _split(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        n = len(self.labels)
+        return scores[:, :n], (scores[:, n] if self.has_novelty else None)
 
     # -- the public contract
     @property
@@ -201,19 +234,38 @@ class Classifier:
         """One encoded image (a path or its bytes) -> uint8 ``[S, S, 3]``; raises ImageError with a reason."""
         return load_image(source, self.preprocessing, max_pixels=max_pixels, name=name)
 
-    def predict_batch(self, images: np.ndarray) -> np.ndarray:
+    def _checked_scores(self, images: np.ndarray) -> np.ndarray:
         size = self.input_size
         if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
             raise UsageError(f"expected uint8 images of shape [N, {size}, {size}, 3], "
                              f"got {images.dtype} {tuple(images.shape)}",
                              hint="decode them with Classifier.decode, or use predict_images")
         if len(images) == 0:
-            return np.zeros((0, len(self.labels)), np.float32)
+            return np.zeros((0, len(self.labels) + int(self.has_novelty)), np.float32)
         with self._lock:
-            return np.asarray(self._proba(np.ascontiguousarray(images)), dtype=np.float32)
+            return np.asarray(self._scores(np.ascontiguousarray(images)), dtype=np.float32)
 
-    def predictions(self, proba: np.ndarray, names: Sequence[str | Path], top: int = 5) -> list[Prediction]:
-        return [Prediction(name, t) for name, t in zip(names, top_k(proba, self.labels, top))]
+    def score_batch(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """uint8 ``[N, S, S, 3]`` -> (calibrated probabilities ``[N, classes]``, novelty scores ``[N]`` or None)."""
+        return self._split(self._checked_scores(images))
+
+    def predict_batch(self, images: np.ndarray) -> np.ndarray:
+        """uint8 ``[N, S, S, 3]`` -> calibrated probabilities ``[N, classes]`` in ``labels`` order."""
+        return self.score_batch(images)[0]
+
+    def is_unknown(self, ood: np.ndarray | None) -> np.ndarray | None:
+        if ood is None:
+            return None
+        return ood > self.threshold if self.threshold is not None else np.zeros(len(ood), dtype=bool)
+
+    def predictions(self, proba: np.ndarray, names: Sequence[str | Path], top: int = 5,
+                    ood: np.ndarray | None = None) -> list[Prediction]:
+        """Typed answers; with novelty scores, each also says whether it is "unknown"."""
+        tops = top_k(proba, self.labels, top)
+        unknown = self.is_unknown(ood)
+        if ood is None or unknown is None:
+            return [Prediction(name, t) for name, t in zip(names, tops)]
+        return [Prediction(name, t, bool(u), float(o)) for name, t, u, o in zip(names, tops, unknown, ood)]
 
     def _inputs(self, images: Sequence[bytes | np.ndarray]) -> np.ndarray:
         arrays = [self.decode(bytes(item), name=f"image {i}") if isinstance(item, (bytes, bytearray, memoryview))
@@ -222,16 +274,20 @@ class Classifier:
             return np.zeros((0, self.input_size, self.input_size, 3), np.uint8)
         return np.stack(arrays)
 
+    def _scores_of(self, images: Sequence[bytes | np.ndarray]) -> np.ndarray:
+        x = self._inputs(images)
+        return np.concatenate([self._checked_scores(x[i:i + self.batch_size])
+                               for i in range(0, max(1, len(x)), self.batch_size)])
+
     def predict_proba(self, images: Sequence[bytes | np.ndarray]) -> np.ndarray:
         """Probabilities for encoded images (bytes) or RGB arrays of any size, in ``labels`` order."""
-        x = self._inputs(images)
-        return np.concatenate([self.predict_batch(x[i:i + self.batch_size])
-                               for i in range(0, max(1, len(x)), self.batch_size)])
+        return self._split(self._scores_of(images))[0]
 
     def predict_images(self, images: Sequence[bytes | np.ndarray], top_k: int = 5,
                        names: Sequence[str] | None = None) -> list[Prediction]:
         names = list(names) if names is not None else [str(i) for i in range(len(images))]
-        return self.predictions(self.predict_proba(images), names, top_k)
+        proba, ood = self._split(self._scores_of(images))
+        return self.predictions(proba, names, top_k, ood)
 
     def predict_files(self, paths: Sequence[str | Path], top_k: int = 5, progress: bool = False,
                       ) -> tuple[list[Prediction], list[SkippedImage]]:
@@ -239,13 +295,16 @@ class Classifier:
         records, skipped = _records_for([Path(p) for p in paths], hashed=self._needs_hashes)
         if not records:
             return [], skipped
-        kept, proba, failed = self._proba_for_records(records, progress)
-        return self.predictions(proba, [r.path for r in kept], top_k), skipped + failed
+        kept, scores, failed = self._scores_for_records(records, progress)
+        proba, ood = self._split(scores)
+        return self.predictions(proba, [r.path for r in kept], top_k, ood), skipped + failed
 
-    def proba_for_records(self, records: Sequence[ImageRecord], progress: bool = False,
-                          ) -> tuple[list[ImageRecord], np.ndarray, list[SkippedImage]]:
-        """Probabilities of labelled records (``evaluate``): the readable ones, those rows, the skipped."""
-        return self._proba_for_records(records, progress)
+    def score_records(self, records: Sequence[ImageRecord], progress: bool = False,
+                      ) -> tuple[list[ImageRecord], np.ndarray, np.ndarray | None, list[SkippedImage]]:
+        """For labelled records (``evaluate``): the readable ones, their probabilities, novelty scores, the skipped."""
+        kept, scores, skipped = self._scores_for_records(records, progress)
+        proba, ood = self._split(scores)
+        return kept, proba, ood, skipped
 
     _needs_hashes = False
 
@@ -286,6 +345,9 @@ class RunClassifier(Classifier):
         self.bundle = bundle
         self.backbone = resolve_model_backbone(bundle, weights)
         self.head = load_head(bundle)
+        self.novelty = load_novelty(bundle)
+        self.has_novelty = self.novelty is not None
+        self.threshold = self.novelty.threshold if self.novelty is not None else None
         self.choice = runtime_for(bundle, runtime, precision)
         self.bottleneck_dir = bottleneck_dir
         self.use_cache = use_cache
@@ -308,13 +370,19 @@ class RunClassifier(Classifier):
             self._runner = create_runner(self.backbone, self.choice, models_dir(self.bottleneck_dir))
         return self._runner(images)
 
-    def _proba(self, images: np.ndarray) -> np.ndarray:
-        return self.head.predict_proba(self.features(images))
+    def _head_scores(self, features: np.ndarray) -> np.ndarray:
+        proba = self.head.predict_proba(features)
+        if self.novelty is None:
+            return proba
+        return np.concatenate([proba, self.novelty.score(features, proba)[:, None]], axis=1)
 
-    def _proba_for_records(self, records: Sequence[ImageRecord], progress: bool,
-                           ) -> tuple[list[ImageRecord], np.ndarray, list[SkippedImage]]:
+    def _scores(self, images: np.ndarray) -> np.ndarray:
+        return self._head_scores(self.features(images))
+
+    def _scores_for_records(self, records: Sequence[ImageRecord], progress: bool,
+                            ) -> tuple[list[ImageRecord], np.ndarray, list[SkippedImage]]:
         if not self.use_cache:
-            return super()._proba_for_records(records, progress)
+            return super()._scores_for_records(records, progress)
         from .cache import BottleneckCache
         from .features import compute_bottlenecks
 
@@ -323,8 +391,8 @@ class RunClassifier(Classifier):
             bottlenecks = compute_bottlenecks(records, self.backbone, cache, runtime=self.choice, runner=lazy,
                                               progress=progress)
         with self._lock:
-            proba = self.head.predict_proba(bottlenecks.vectors)
-        return list(bottlenecks.records), proba, list(bottlenecks.skipped)
+            scores = self._head_scores(bottlenecks.vectors)
+        return list(bottlenecks.records), scores, list(bottlenecks.skipped)
 
     def close(self) -> None:
         self._runner = None
@@ -349,9 +417,11 @@ class ExportedClassifier(Classifier):
                          version=_version(info.provenance.get("weights_fingerprint"),
                                           info.provenance.get("head_sha256"), fmt, info.precision),
                          platform=platform)
+        self.has_novelty = self.deployed.has_novelty
+        self.threshold = self.deployed.threshold
 
-    def _proba(self, images: np.ndarray) -> np.ndarray:
-        return self.deployed.predict_proba(images)
+    def _scores(self, images: np.ndarray) -> np.ndarray:
+        return self.deployed.predict_scores(images)
 
 
 def load_model(path: str | Path, *, runtime: str = "auto", precision: str = "auto",

@@ -22,12 +22,13 @@ import numpy as np
 from .backbones import Backbone, resolve_backbone
 from .bundle import BackboneRecord, DataRecord, default_run_dir, save_bundle
 from .cache import BottleneckCache
+from .calibrate import calibrate_head, calibration_report
 from .config import RETRAIN_PY_RECIPE, RetrainConfig, check_config
 from .data import ImageRecord, SkippedImage, index_image_dir
 from .errors import DataError
-from .features import MAX_SKIP_WARNINGS, Bottlenecks, compute_bottlenecks
+from .features import Bottlenecks, compute_bottlenecks
 from .head import SoftmaxHead, TrainStep
-from .metrics import Evaluation, Misclassified, find_misclassified
+from .metrics import Evaluation, Misclassified, find_misclassified, learning_rate_warning
 from .metrics import evaluate as evaluate_predictions
 from .runtimes import RuntimeChoice
 
@@ -67,6 +68,28 @@ def skipped_csv(skipped: Sequence[SkippedImage]) -> str:
     for item in skipped:
         writer.writerow([str(item.path), item.reason])
     return out.getvalue()
+
+
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to the image folder when it is inside it (as misclassified paths are)."""
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+IMBALANCE_WARNING_RATIO = 5.0
+
+
+def warn_if_imbalanced(labels: Sequence[str], y_train: np.ndarray, class_weights: str) -> None:
+    """One warning when the largest class has more than 5x the training images of the smallest."""
+    counts = np.bincount(y_train, minlength=len(labels))
+    big, small = int(counts.argmax()), int(counts.argmin())
+    if counts[small] and counts[big] / counts[small] > IMBALANCE_WARNING_RATIO:
+        how = ("each class is drawn equally often per batch (--class_weights balanced)" if class_weights == "balanced"
+               else "images are drawn uniformly (--class_weights none), so the big class dominates")
+        log.warning("classes are imbalanced: %s has %d training images, %s only %d; %s", labels[big],
+                    counts[big], labels[small], counts[small], how)
 
 
 def _sample_test(n: int, test_batch_size: int, seed: int) -> np.ndarray:
@@ -138,14 +161,18 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
     """Train a new last layer on ``config.image_dir`` and save the run directory."""
     start = time.perf_counter()
     check_config(config)
+    if config.fine_tune_blocks:  # the top stages train too: a pipeline of its own (headstart.finetune_run)
+        from .finetune_run import fine_tune_retrain
+
+        return fine_tune_retrain(config, on_step)
     index = index_image_dir(config.image_dir, config.validation_percentage, config.testing_percentage)
     backbone = resolve_backbone(config.backbone, config.weights, crop_pct=config.crop_pct)
     with open_cache(config.bottleneck_dir) as cache:
         bottlenecks = extract_bottlenecks(index.records, backbone, cache, config)
     skipped = tuple(index.skipped) + bottlenecks.skipped
     if skipped and config.strict:
-        # Name every one (extraction already named its first few), so one run finds them all.
-        for item in index.skipped + bottlenecks.skipped[MAX_SKIP_WARNINGS:]:
+        # Name every one, so one run finds them all.
+        for item in skipped:
             log.warning("cannot use %s: %s", item.path, item.reason)
         first = skipped[0]
         raise DataError(f"--strict: {len(skipped)} image(s) could not be used, e.g. {first.path}: {first.reason}",
@@ -163,12 +190,18 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
                                                            bottlenecks.runtime, label_ids)
         bottleneck_s = time.perf_counter() - start
 
+    warn_if_imbalanced(index.labels, y_train, config.class_weights)
     train_start = time.perf_counter()
     head = build_head(config, len(index.labels))
     head.fit(x_train, y_train, x_val if len(y_val) else None, y_val if len(y_val) else None, callback=on_step)
     train_s = time.perf_counter() - train_start
-    if head.diverged_:
-        log.warning("training diverged (the loss became NaN or infinite); lower --learning_rate")
+    # Divergence is the head's one warning line; a rate that is too high but stays finite is ours.
+    lr_warning = None if head.diverged_ else learning_rate_warning(
+        [asdict(step) for step in head.history_], len(index.labels), config.learning_rate)
+    if lr_warning:
+        log.warning("%s", lr_warning)
+
+    novelty = calibrate_head(head, x_train, y_train, x_val, y_val, config.unknown_accept)
 
     test_records, x_test, y_test = splits["testing"]
     chosen = _sample_test(len(y_test), config.test_batch_size, config.seed)
@@ -184,22 +217,28 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
         "test": test.to_dict(),
         "validation": {"accuracy": val_acc, "n": int(len(y_val))},
         "training": {"n": int(len(y_train)), "final": asdict(head.history_[-1]) if head.history_ else None,
-                     "diverged": bool(head.diverged_), "steps_run": int(head.n_steps_run_)},
+                     "diverged": bool(head.diverged_), "steps_run": int(head.n_steps_run_),
+                     **({"warning": lr_warning} if lr_warning else {})},
         "timing": timing,
         "bottlenecks": {"computed": bottlenecks.computed, "cached": bottlenecks.cached, "skipped": len(skipped)},
+        "skipped": [{"path": _relative(item.path, index.root), "reason": item.reason} for item in skipped],
         **({"distorted_bottlenecks": distorted} if distorted else {}),
         "misclassified": [{"path": m.relpath, "label": m.true_label, "predicted": m.predicted_label,
                            "score": round(m.score, 6)} for m in misclassified],
+        **calibration_report(head, novelty, x_test[chosen], y_test[chosen]),
         "history": [asdict(step) for step in head.history_],
         "splits": {s: int(len(splits[s][2])) for s in splits},
         "data": {"image_dir": str(index.root), "testing_percentage": config.testing_percentage,
                  "validation_percentage": config.validation_percentage},
     }
     tensors, head_config = head.to_state()
+    novelty_tensors, head_config["novelty"] = novelty.to_state()
+    tensors.update(novelty_tensors)
     run_dir = Path(config.output_dir) if config.output_dir else default_run_dir()
     extra: dict[str, bytes | str] = {}
     if skipped:
         extra["skipped.csv"] = skipped_csv(skipped)
+    # One measurement for metrics.json, the report and the command's "Total time" (writing them is not in it).
     timing["total_s"] = round(time.perf_counter() - start, 3)
     if config.write_report:
         from .report import render_run_report
@@ -213,7 +252,6 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
                 hyperparameters=config.hyperparameters(), metrics=metrics, extra_files=extra,
                 data=DataRecord(str(index.root), config.testing_percentage, config.validation_percentage),
                 output_labels=config.output_labels)
-    timing["total_s"] = round(time.perf_counter() - start, 3)
     return RetrainResult(run_dir, index.labels, test, val_acc, int(len(y_val)), timing, metrics["bottlenecks"],
                          misclassified, tuple(head.history_), skipped, bool(head.diverged_), metrics)
 

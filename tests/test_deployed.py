@@ -155,7 +155,9 @@ def test_label_cli_without_torch(which, exported_onnx, exported_ir, fashion_hold
     assert done.returncode == 0, done.stderr
     predictions = json.loads(done.stdout)
     assert [Path(p["path"]) for p in predictions] == images
-    in_process = load_model(model).label_files(images, top_k=1)[0]
-    assert [p["top"][0]["label"] for p in predictions] == [top[0][0] for _, top in in_process]
+    from headstart.model import load_model as load_classifier
+
+    in_process = load_classifier(model).predict_files(images, top_k=1)[0]
+    assert [p["top"][0]["label"] for p in predictions] == [p.label for p in in_process]
     correct = sum(p["top"][0]["label"] == Path(p["path"]).parent.name for p in predictions)
     assert correct >= 0.6 * len(images)  # Fashion-MNIST at 30 images per class: about 75 %

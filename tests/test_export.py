@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,12 +79,13 @@ def test_sidecar_and_metadata_carry_labels_preprocessing_and_provenance(exported
     stored = json.loads(meta["headstart"])
     assert stored["labels"] == list(trained_run.labels)
     assert stored["preprocessing"] == side["preprocessing"]
-    # uint8 NHWC images with a dynamic batch in, probabilities out
-    (inp,), (out,) = model.graph.input, model.graph.output
+    # uint8 NHWC images with a dynamic batch in, probabilities (and the novelty score) out
+    (inp,), (out, ood) = model.graph.input, model.graph.output
     assert inp.name == "images" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
     dims = inp.type.tensor_type.shape.dim
     assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [224, 224, 3]
-    assert out.name == "probabilities"
+    assert out.name == "probabilities" and ood.name == "ood_score"
+    assert side["unknown"]["output"] == "ood_score" and side["unknown"]["threshold"] is not None
 
 
 def test_exported_onnx_outputs_probabilities(exported_onnx, photos):
@@ -177,6 +181,7 @@ def test_int8_export_calibrated_on_the_run(trained_run, tmp_path):
     assert side["calibration"]["source"] == "run training split"
     assert result.check.n == trained_run.test.n and result.check.agreement > 0.8
     assert out.stat().st_size < 0.5 * 13_000_000  # int8 weights: about a quarter of the fp32 file
+    _assert_ordinary_modes([*result.files, result.sidecar])
 
 
 def test_cli_export_json(trained_run, tmp_path, capsys):
@@ -224,3 +229,72 @@ def test_bench_run_dir_against_eager_pytorch(trained_run):
     assert by[("torch", "fp32")]["agreement"] == 1.0 and by[("torch", "fp32")]["latency_speedup"] == 1.0
     assert by[("onnxruntime", "fp32")]["agreement"] >= 0.995
     assert all("latency_speedup" in r for r in rows)
+
+
+# ---------------------------------------------------------------- what a new user tripped over
+
+
+def test_the_accuracy_change_is_said_in_words():
+    from headstart.cli.deploy import describe_drop
+
+    assert describe_drop(0.0) == "no accuracy lost"
+    assert describe_drop(-0.0) == "no accuracy lost" and describe_drop(0.04) == "no accuracy lost"
+    assert describe_drop(0.3448) == "lost 0.3 points"
+    assert describe_drop(1.0) == "lost 1.0 point"
+    assert describe_drop(-2.5) == "gained 2.5 points"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _assert_ordinary_modes(files) -> None:
+    """Every file an export writes gets the user's usual mode (mkstemp's 0600 must not leak through)."""
+    expected = 0o666 & ~_umask()
+    for path in files:
+        assert stat.S_IMODE(Path(path).stat().st_mode) == expected, (path, oct(Path(path).stat().st_mode))
+
+
+def test_exported_files_follow_the_umask(exported_onnx, exported_ir):
+    _assert_ordinary_modes([*exported_onnx.files, exported_onnx.sidecar])
+    _assert_ordinary_modes([*exported_ir.files, exported_ir.sidecar])
+    assert {p.suffix for p in exported_ir.files} == {".xml", ".bin", ".json"}
+
+
+@pytest.mark.slow
+def test_export_on_a_terminal_shows_progress_and_says_no_accuracy_lost(trained_run, shared_cache_dir, tmp_path):
+    """Run as a user at a terminal does: stderr is a pty, so the progress bars must draw."""
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a real size: tqdm needs one
+    out = tmp_path / "tty.onnx"
+    env = {k: v for k, v in os.environ.items() if k != "HEADSTART_DEBUG"}
+    proc = subprocess.Popen([sys.executable, "-m", "headstart", "export", "--model", str(trained_run.run_dir),
+                             "--output", str(out), "--bottleneck_dir", str(shared_cache_dir)],
+                            stdout=subprocess.PIPE, stderr=follower, text=True, env=env)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    stdout, _ = proc.communicate(timeout=600)
+    os.close(leader)
+    terminal = b"".join(chunks).decode("utf-8", "replace")
+    assert proc.returncode == 0, terminal[-3000:]
+    for bar in ("Test images:", "PyTorch fp32:", "onnxruntime-fp32 export:"):
+        assert bar in terminal and "img/s" in terminal, (bar, terminal[-2000:])
+    assert "no accuracy lost" in stdout and "drop +0.0" not in stdout
+    _assert_ordinary_modes([out, out.with_suffix(".json")])

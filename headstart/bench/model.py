@@ -203,7 +203,7 @@ def bench_model(model: Path, *, image_dir: Path | None = None, runtimes: Sequenc
                 runner(x[:1])
                 row["setup_s"] = round(time.perf_counter() - t0, 2)
                 row.update(_measure(runner, x))
-                proba = predict(runner, x)
+                proba = predict(runner, x)[:, :len(labels)]  # an ood_score column may follow
                 row["accuracy"] = round(float(np.mean(proba.argmax(1) == y)), 4)
                 if cand.runtime == "torch" and reference is None:
                     reference = proba

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import csv
+import logging
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from .common import add_command, add_format, flag, format_table, print_json
+from .common import add_command, add_format, flag, format_table, plural, print_json, require_path
+
+log = logging.getLogger("headstart")
 
 
 def setting_flag(parser: Any, name: str, *aliases: str, list_type: Any = None, **overrides: Any) -> None:
@@ -20,6 +24,9 @@ def setting_flag(parser: Any, name: str, *aliases: str, list_type: Any = None, *
     kwargs: dict[str, Any] = {"default": setting.default, "help": setting.help}
     if setting.kind is bool:
         kwargs["action"] = "store_true"
+        if setting.default:  # a switch that is on by default is turned off with --no_NAME
+            flag(parser, f"--no_{name}", dest=name, action="store_false", help=f"turn --{name} off")
+            kwargs["help"] += " (default: on)"
     else:
         kwargs["type"] = list_type(setting.kind, name) if list_type else setting.kind
         if setting.choices and not list_type:
@@ -97,7 +104,8 @@ def _register_retrain(sub: Any) -> None:
     distort = p.add_argument_group("distortions (retrain.py's flags; each distorted copy is computed once and cached)")
     for name in ("flip_left_right", "random_crop", "random_scale", "random_brightness", "distorted_copies"):
         setting_flag(distort, name)
-    for name in ("seed", "strict", "workers"):
+    for name in ("early_stopping", "label_smoothing", "class_weights", "unknown_accept", "seed", "strict",
+                 "workers"):
         setting_flag(p, name)
     flag(p, "--no_report", action="store_true", help="do not write report.html")
     flag(p, "--format", choices=["table", "json"], default="table", help="print the summary as a table or as JSON")
@@ -109,6 +117,7 @@ def run_retrain(args: argparse.Namespace) -> int:
     from ..metrics import format_evaluation
     from ..train import retrain
 
+    require_path(args.weights, "--weights", "file")
     given = {name: getattr(args, name) for name in CONFIG_FIELDS if hasattr(args, name)}
     config = RetrainConfig(**{**given, "progress": not args.quiet, "write_report": not args.no_report})
 
@@ -137,8 +146,15 @@ def run_retrain(args: argparse.Namespace) -> int:
     finally:
         for bar in bars:
             bar.close()
+    skipped_csv = result.run_dir / "skipped.csv"
+    warn_skipped(result.skipped, skipped_csv)
     if args.format == "json":
         print_json({"run_dir": str(result.run_dir), **result.metrics})
+        warn_small_sample(result.test)
+        return 0
+    if args.quiet:  # the result and the warnings, nothing else
+        print(format_evaluation(result.test, title="Final test", details=False))
+        warn_small_sample(result.test)
         return 0
     b = result.bottlenecks
     print(f"Bottlenecks: {b['computed']} computed, {b['cached']} cached, {b['skipped']} skipped "
@@ -146,16 +162,13 @@ def run_retrain(args: argparse.Namespace) -> int:
     if "distorted_bottlenecks" in result.metrics:
         d = result.metrics["distorted_bottlenecks"]
         print(f"Distorted training copies: {d['copies']} per image, {d['computed']} computed, {d['cached']} cached")
-    for item in result.skipped[:20]:
-        print(f"  skipped {item.path}: {item.reason}")
-    if len(result.skipped) > 20:
-        print(f"  ... and {len(result.skipped) - 20} more (see skipped.csv)")
     print(f"Training: {result.metrics['training']['steps_run']} steps in {result.timing['train_s']:.2f}s"
           + ("  (DIVERGED: lower --learning_rate)" if result.diverged else ""))
     if result.validation_accuracy is not None:
         print(f"Validation accuracy = {100 * result.validation_accuracy:.1f}% (N={result.validation_n})")
     print()
     print(format_evaluation(result.test, title="Final test"))
+    warn_small_sample(result.test)
     if args.print_misclassified_test_images:
         print()
         print("=== MISCLASSIFIED TEST IMAGES ===")
@@ -164,9 +177,29 @@ def run_retrain(args: argparse.Namespace) -> int:
     print()
     print(f"Total time {result.timing['total_s']:.1f}s. Model written to {result.run_dir}")
     if result.skipped:
-        print(f"{len(result.skipped)} image(s) skipped, listed with reasons in {result.run_dir / 'skipped.csv'}")
+        print(f"{plural(len(result.skipped), 'image')} skipped, listed with reasons in {skipped_csv}")
     print(f"Label images with: headstart label --model {result.run_dir} IMAGE...")
     return 0
+
+
+MAX_SKIP_LINES = 20  # beyond this skipped.csv (retrain) carries the list
+
+
+def warn_skipped(skipped: Sequence[Any], listed_in: Path | None = None) -> None:
+    """One warning line per skipped image, once (the library only logs them at debug level)."""
+    limit = MAX_SKIP_LINES if listed_in is not None else len(skipped)
+    for item in skipped[:limit]:
+        log.warning("skipped %s: %s", item.path, item.reason)
+    if len(skipped) > limit:
+        log.warning("... and %d more skipped images, listed with reasons in %s", len(skipped) - limit, listed_in)
+
+
+def warn_small_sample(evaluation: Any) -> None:
+    """Say when the test set is too small for its numbers to mean much (with the 95 % interval)."""
+    from ..metrics import small_sample_warnings
+
+    for line in small_sample_warnings(evaluation):
+        log.warning("%s", line)
 
 
 # ------------------------------------------------------------------ label
@@ -193,6 +226,8 @@ def _register_label(sub: Any) -> None:
 def run_label(args: argparse.Namespace) -> int:
     from ..inference import label, label_imagenet
 
+    require_path(args.model, "--model")
+    require_path(args.weights, "--weights", "file")
     if args.imagenet:
         result = label_imagenet(args.images, backbone=args.backbone, top_k=args.top_k, weights=args.weights,
                                 runtime=args.runtime, precision=args.precision, bottleneck_dir=args.bottleneck_dir,
@@ -206,19 +241,20 @@ def run_label(args: argparse.Namespace) -> int:
 
 
 def print_predictions(result: Any, fmt: str) -> None:
-    for item in result.skipped:
-        print(f"warning: skipped {item.path}: {item.reason}", file=sys.stderr)
+    warn_skipped(result.skipped)
     if fmt == "json":
         print_json([p.to_dict() for p in result.predictions])
     elif fmt == "csv":
         writer = csv.writer(sys.stdout)
-        writer.writerow(["path", "rank", "label", "score"])
+        writer.writerow(["path", "rank", "label", "score", "unknown", "ood_score"])
         for p in result.predictions:
+            ood = "" if p.ood_score is None else f"{p.ood_score:.6f}"
             for rank, (lab, score) in enumerate(p.top, 1):
-                writer.writerow([str(p.path), rank, lab, f"{score:.6f}"])
+                writer.writerow([str(p.path), rank, lab, f"{score:.6f}", str(p.unknown).lower(), ood])
     else:
         for p in result.predictions:
-            print(p.path)
+            # The classes' scores stay visible under "unknown": they say what it looked most like.
+            print(f"{p.path}  -> unknown (novelty {p.ood_score:.2f})" if p.unknown else p.path)
             width = max(len(lab) for lab, _ in p.top)
             for lab, score in p.top:
                 print(f"  {lab.ljust(width)}  {score:.4f}")
@@ -229,9 +265,13 @@ def print_predictions(result: Any, fmt: str) -> None:
 
 def _register_evaluate(sub: Any) -> None:
     p = add_command(sub, "evaluate", "measure a retrained model on another labelled folder",
-                    "headstart evaluate --model runs/flowers --image_dir holdout_photos")
-    flag(p, "--model", type=Path, required=True, help="run directory written by 'headstart retrain', or a model file from 'headstart export'")
-    flag(p, "--image_dir", type=Path, required=True, help="folder with one sub-folder per label of the model")
+                    "headstart evaluate --model runs/flowers --image_dir holdout_photos\n"
+                    "headstart evaluate --model runs/flowers --unknown_dir photos_of_cars   # how many are rejected")
+    flag(p, "--model", type=Path, required=True,
+         help="run directory written by 'headstart retrain', or a model file from 'headstart export'")
+    flag(p, "--image_dir", type=Path, default=None, help="folder with one sub-folder per label of the model")
+    flag(p, "--unknown_dir", type=Path, default=None,
+         help="folder of images of none of the model's classes: reports how many it answers 'unknown'")
     flag(p, "--print_misclassified_test_images", action="store_true", help="list the images the model gets wrong")
     add_format(p)
     add_runtime_flags(p, exported=True)
@@ -241,18 +281,47 @@ def _register_evaluate(sub: Any) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..metrics import format_evaluation
     from ..inference import evaluate
+    from ..metrics import format_evaluation
 
-    result, wrong, skipped = evaluate(args.model, args.image_dir, bottleneck_dir=args.bottleneck_dir,
-                                      runtime=args.runtime, precision=args.precision, weights=args.weights,
-                                      progress=not args.quiet)
-    for item in skipped:
-        print(f"warning: skipped {item.path}: {item.reason}", file=sys.stderr)
+    from ..errors import UsageError
+    from ..inference import evaluate_unknown
+
+    require_path(args.model, "--model")
+    require_path(args.weights, "--weights", "file")
+    if args.image_dir is None and args.unknown_dir is None:
+        raise UsageError("give --image_dir (labelled images), --unknown_dir (images of none of the classes), or both",
+                         hint="headstart evaluate --model RUN_DIR --image_dir holdout_photos")
+    common = dict(bottleneck_dir=args.bottleneck_dir, runtime=args.runtime, precision=args.precision,
+                  weights=args.weights, progress=not args.quiet)
+    found, novel = None, None
+    if args.image_dir is not None:
+        require_path(args.image_dir, "--image_dir", "folder")
+        found = evaluate(args.model, args.image_dir, **common)
+        warn_skipped(found.skipped)
+    if args.unknown_dir is not None:
+        require_path(args.unknown_dir, "--unknown_dir", "folder")
+        novel, novel_skipped = evaluate_unknown(args.model, args.unknown_dir, **common)
+        warn_skipped(novel_skipped)
     if args.format == "json":
-        print_json(result.to_dict())
+        print_json({**(found.evaluation.to_dict() if found else {}),
+                    **({"unknown": found.unknown.to_dict()} if found and found.unknown else {}),
+                    **({"unknown_dir": {"path": str(args.unknown_dir), **novel.to_dict()}} if novel else {})})
+        if found:
+            warn_small_sample(found.evaluation)
         return 0
-    print(format_evaluation(result, title="Test"))
+    if novel is not None:
+        print(f"Unknown images rejected = {100 * novel.rejected:.1f}% ({novel.unknown} of {novel.n} in "
+              f"{args.unknown_dir})")
+    if found is None:
+        return 0
+    result, wrong = found.evaluation, found.misclassified
+    print(format_evaluation(result, title="Test", details=not args.quiet))
+    if found.unknown is not None:
+        print(f"Accepted (not 'unknown') = {100 * found.unknown.accepted:.1f}% of {found.unknown.n}")
+    warn_small_sample(result)
+    if args.quiet:
+        return 0
     if args.print_misclassified_test_images:
         print()
         print("=== MISCLASSIFIED IMAGES ===")
@@ -278,12 +347,18 @@ def run_backbones(args: argparse.Namespace) -> int:
     if args.format == "json":
         print_json([asdict(r) for r in rows])
         return 0
-    table = [[r.name + (" *" if r.name == DEFAULT_BACKBONE else ""), r.timm_name, r.params_m, r.input_size,
-              r.bottleneck_size, r.top1, "yes" if r.offline else "download"] for r in rows]
+    # One number format per column: "73" next to "75.1" reads as a different precision.
+    table = [[r.name + (" *" if r.name == DEFAULT_BACKBONE else ""), r.timm_name, _decimals(r.params_m, 2),
+              r.input_size, r.bottleneck_size, _decimals(r.top1, 1), "yes" if r.offline else "download"]
+             for r in rows]
     print(format_table(["name", "timm model", "params (M)", "input", "bottleneck", "ImageNet top-1 %",
                         "weights offline"], table, align="llrrrrl"))
     print("\n* default. Any other timm model name works too when online; --weights PATH loads a local checkpoint.")
     return 0
+
+
+def _decimals(value: Any, places: int) -> str:
+    return "-" if value is None else f"{float(value):.{places}f}"
 
 
 # ------------------------------------------------------------------ cache
@@ -349,6 +424,8 @@ def run_datasets(args: argparse.Namespace) -> int:
         return 0
     if args.out is None:
         raise UsageError("--out is required", hint=f"headstart datasets {args.name} --out DIR")
+    if args.source is not None and "://" not in args.source:
+        require_path(args.source, "--source", "folder" if args.name == "fashion-mnist" else "file or folder")
     if args.name == "fashion-mnist":
         info = datasets.write_fashion_mnist(args.out, per_class=args.per_class, split=args.split, offset=args.offset,
                                             source=args.source, progress=not args.quiet)

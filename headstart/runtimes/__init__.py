@@ -215,6 +215,17 @@ def resolve_file_runtime(model_format: str, runtime: str = "auto", precision: st
 # --------------------------------------------------------------------- runners
 
 
+def join_outputs(outputs: list[Any]) -> np.ndarray:
+    """A graph's outputs side by side, float32 ``[N, ...]``: a classifier's probabilities, then its ood_score.
+
+    Runners keep one contract (one array per batch); a graph with one output is returned as it is.
+    """
+    arrays = [np.asarray(o, dtype=np.float32) for o in outputs]
+    if len(arrays) == 1:
+        return arrays[0]
+    return np.concatenate([a.reshape(len(a), -1) for a in arrays], axis=1)
+
+
 def create_file_runner(path: Path, choice: RuntimeChoice, threads: int | None = None) -> Runner:
     """A runner over a model file (ONNX, OpenVINO IR, TensorRT engine): no torch for the CPU runtimes."""
     spec = RUNTIMES[choice.runtime]

@@ -6,6 +6,7 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,9 +18,9 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("headstart")
 
 
-def export_onnx(module: "torch.nn.Module", path: Path, input_size: int, *, output_name: str = "output",
-                metadata: dict[str, str] | None = None) -> Path:
-    """Export a uint8-NHWC module to ONNX with a dynamic batch, atomically."""
+def export_onnx(module: "torch.nn.Module", path: Path, input_size: int, *,
+                output_name: str | Sequence[str] = "output", metadata: dict[str, str] | None = None) -> Path:
+    """Export a uint8-NHWC module to ONNX with a dynamic batch, atomically (one output name per module output)."""
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -29,8 +30,9 @@ def export_onnx(module: "torch.nn.Module", path: Path, input_size: int, *, outpu
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's warnings are about torch internals, not the user's model
-            torch.onnx.export(module, (example,), tmp, input_names=["images"], output_names=[output_name],
-                              dynamic_axes={"images": {0: "batch"}, output_name: {0: "batch"}},
+            names = [output_name] if isinstance(output_name, str) else list(output_name)
+            torch.onnx.export(module, (example,), tmp, input_names=["images"], output_names=names,
+                              dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}},
                               opset_version=17, dynamo=False)
         if metadata:
             import onnx

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import Runner, RuntimeChoice
+from . import Runner, RuntimeChoice, join_outputs
 
 
 def create_onnxruntime_runner(onnx_path: Path, choice: RuntimeChoice, threads: int | None = None) -> Runner:
@@ -19,7 +19,7 @@ def create_onnxruntime_runner(onnx_path: Path, choice: RuntimeChoice, threads: i
     name = session.get_inputs()[0].name
 
     def run(images: np.ndarray) -> np.ndarray:
-        return session.run(None, {name: np.ascontiguousarray(images, dtype=np.uint8)})[0].astype(
-            np.float32, copy=False)
+        outputs = session.run(None, {name: np.ascontiguousarray(images, dtype=np.uint8)})
+        return join_outputs(outputs)
 
     return run

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from . import Runner, RuntimeChoice
+from . import Runner, RuntimeChoice, join_outputs
 
 
 def create_openvino_runner(model_path: Path, choice: RuntimeChoice, threads: int | None = None) -> Runner:
@@ -23,8 +23,10 @@ def create_openvino_runner(model_path: Path, choice: RuntimeChoice, threads: int
     compiled = core.compile_model(core.read_model(str(model_path)), "CPU", config)
     request = compiled.create_infer_request()
 
+    count = len(compiled.outputs)
+
     def run(images: np.ndarray) -> np.ndarray:
         result = request.infer({0: np.ascontiguousarray(images, dtype=np.uint8)})
-        return np.array(result[0], dtype=np.float32)
+        return join_outputs([result[i] for i in range(count)])
 
     return run

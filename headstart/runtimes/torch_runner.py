@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import Runner, RuntimeChoice
+from . import Runner, RuntimeChoice, join_outputs
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -50,6 +50,8 @@ def create_torch_runner(module: "torch.nn.Module", choice: RuntimeChoice, *, com
 
     def run_torch(images: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return module(to_device(images))[: len(images)].float().cpu().numpy()
+            out = module(to_device(images))
+            outputs = out if isinstance(out, (tuple, list)) else (out,)
+            return join_outputs([o[: len(images)].float().cpu().numpy() for o in outputs])
 
     return run_torch

@@ -105,7 +105,7 @@ def test_label_prints_top_k_for_folders(trained_run, fashion_holdout_dir: Path, 
     # Trousers are the easiest Fashion-MNIST class.
     assert sum(p.top[0][0] == "Trouser" for p in result.predictions) >= 8
     as_json = result.predictions[0].to_dict()
-    assert set(as_json) == {"path", "top"} and set(as_json["top"][0]) == {"label", "score"}
+    assert set(as_json) == {"path", "top", "unknown", "ood_score"} and set(as_json["top"][0]) == {"label", "score"}
 
 
 def test_evaluate_on_unseen_images(trained_run, fashion_holdout_dir: Path, shared_cache_dir: Path) -> None:
