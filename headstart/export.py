@@ -34,7 +34,7 @@ import numpy as np
 
 from .bundle import HEAD_NAME, Bundle, load_bundle
 from .data import ImageRecord, Preprocessing, index_image_dir
-from .deployed import METADATA_KEY, SIDECAR_FORMAT, SIDECAR_VERSION, sidecar_path
+from .sidecar import OOD_OUTPUT_NAME, ExportDescription, sidecar_path, write_sidecar
 from .errors import DataError, ModelError, UsageError
 from .runtimes import Runner, RuntimeChoice, create_session_runner
 
@@ -48,8 +48,6 @@ log = logging.getLogger("headstart")
 FORMATS = ("onnx", "openvino", "tensorrt")
 PRECISIONS = {"onnx": ("fp32", "int8"), "openvino": ("fp32", "fp16", "int8"), "tensorrt": ("fp32", "fp16", "int8")}
 SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tensorrt": ".engine"}
-OUTPUT_NAME = "probabilities"
-OOD_OUTPUT_NAME = "ood_score"
 DEFAULT_MAX_ACCURACY_DROP = 1.0  # points of test accuracy
 DEFAULT_CALIBRATION_IMAGES = 300
 MAX_CHECK_IMAGES = 1000
@@ -143,48 +141,29 @@ def head_sha256(run_dir: Path) -> str:
     return hashlib.sha256((Path(run_dir) / HEAD_NAME).read_bytes()).hexdigest()
 
 
-def describe_export(bundle: Bundle, backbone: "Backbone", model_format: str, precision: str) -> dict[str, Any]:
+def describe_export(bundle: Bundle, backbone: "Backbone", model_format: str, precision: str,
+                    path: Path | None = None) -> ExportDescription:
     """The sidecar without the self-check: also stored, as JSON, in the ONNX metadata."""
     from . import __version__
-
     from .model import load_novelty
 
-    prep = bundle.preprocessing
     novelty = load_novelty(bundle)
     unknown = None if novelty is None else {
         "output": OOD_OUTPUT_NAME, "threshold": novelty.threshold, "accept": novelty.accept,
         "method": "msp+nearest-class-cosine",
         "meaning": "novelty score; above threshold the answer is 'unknown' (threshold null: switched off)"}
-    return {
-        "format": SIDECAR_FORMAT,
-        "format_version": SIDECAR_VERSION,
-        "model_format": model_format,
-        "precision": precision,
-        "input": {"name": "images", "dtype": "uint8", "layout": "NHWC", "color": "RGB",
-                  "shape": ["batch", prep.input_size, prep.input_size, 3]},
-        "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(bundle.labels)],
-                   "meaning": "calibrated softmax probabilities, columns follow labels"},
-        **({"unknown": unknown} if unknown else {}),
-        "labels": list(bundle.labels),
-        "preprocessing": {
-            **prep.to_dict(),
-            "resize_size": prep.resize_size,
-            "steps": ["decode to RGB (EXIF orientation applied, alpha over white)",
-                      f"resize the shorter side to {prep.resize_size} px ({prep.interpolation})",
-                      f"centre-crop {prep.input_size}x{prep.input_size}",
-                      "uint8 NHWC into the graph"],
-            "normalization": "in_graph",  # mean/std are applied inside the model, not by the caller
-        },
-        "provenance": {
-            "backbone": bundle.backbone.name,
-            "timm_name": bundle.backbone.timm_name,
-            "weights_fingerprint": bundle.backbone.weights_fingerprint,
-            "run_dir": str(Path(bundle.path).resolve()),
-            "head_sha256": head_sha256(bundle.path),
-            "trained": bundle.created,
-            "headstart_version": __version__,
-        },
+    provenance = {
+        "backbone": bundle.backbone.name,
+        "timm_name": bundle.backbone.timm_name,
+        "weights_fingerprint": bundle.backbone.weights_fingerprint,
+        "run_dir": str(Path(bundle.path).resolve()),
+        "head_sha256": head_sha256(bundle.path),
+        "trained": bundle.created,
+        "headstart_version": __version__,
     }
+    return ExportDescription(path=path or Path(), source="export", model_format=model_format, precision=precision,
+                             labels=bundle.labels, preprocessing=bundle.preprocessing, provenance=provenance,
+                             unknown=unknown)
 
 
 # ---------------------------------------------------------------- images for the check
@@ -274,17 +253,11 @@ def compare(proba: np.ndarray, reference: np.ndarray, y: np.ndarray) -> dict[str
 # ---------------------------------------------------------------- conversions
 
 
-def _write_onnx(module: "torch.nn.Module", path: Path, input_size: int, description: dict[str, Any]) -> Path:
+def _write_onnx(module: "torch.nn.Module", path: Path, input_size: int, description: ExportDescription) -> Path:
     from .runtimes import export_onnx
 
-    names = [OUTPUT_NAME, OOD_OUTPUT_NAME] if description.get("unknown") else OUTPUT_NAME
-    return export_onnx(module, path, input_size, output_name=names,
-                       metadata=_onnx_metadata(description))
-
-
-def _onnx_metadata(description: dict[str, Any]) -> dict[str, str]:
-    return {METADATA_KEY: json.dumps(description, sort_keys=True), "labels": json.dumps(description["labels"]),
-            "preprocessing": json.dumps(description["preprocessing"], sort_keys=True)}
+    return export_onnx(module, path, input_size, output_name=description.output_names,
+                       metadata=description.metadata())
 
 
 def _set_onnx_metadata(path: Path, metadata: dict[str, str]) -> None:
@@ -341,12 +314,12 @@ def quantize_int8(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, batch_
     return out
 
 
-def _write_openvino(onnx_path: Path, xml_path: Path, precision: str, description: dict[str, Any]) -> Path:
+def _write_openvino(onnx_path: Path, xml_path: Path, precision: str, description: ExportDescription) -> Path:
     import openvino as ov
 
     model = ov.convert_model(str(onnx_path))
     for key in ("labels", "precision"):
-        model.set_rt_info(json.dumps(description[key]), ["headstart", key])
+        model.set_rt_info(json.dumps(description.to_dict()[key]), ["headstart", key])
     ov.save_model(model, str(xml_path), compress_to_fp16=(precision == "fp16"))
     return xml_path
 
@@ -414,15 +387,15 @@ def export_model(model: str | Path, *, model_format: str = "onnx", precision: st
         onnx_fp32 = _write_onnx(module, staging / "fp32.onnx", prep.input_size, description)
         source_onnx = onnx_fp32
         if model_format == "tensorrt":
-            description["tensorrt"] = _build_tensorrt(onnx_fp32, staged, precision, prep.input_size, images.training,
-                                                      calibration_images, prep, cache_dir)
+            description = description.with_(tensorrt=_build_tensorrt(
+                onnx_fp32, staged, precision, prep.input_size, images.training, calibration_images, prep, cache_dir))
         elif precision == "int8":
             calibration = _spread(images.training, calibration_images, seed=1)
             x_cal, _ = decode_images(calibration, prep, progress=progress, desc="Calibration images")
             source_onnx = quantize_int8(onnx_fp32, staging / "int8.onnx", x_cal)
-            _set_onnx_metadata(source_onnx, _onnx_metadata(description))
-            description["calibration"] = {"images": len(x_cal), "source": "run training split",
-                                          "method": "onnxruntime static, QDQ, per-channel, MinMax"}
+            description = description.with_(calibration={"images": len(x_cal), "source": "run training split",
+                                                         "method": "onnxruntime static, QDQ, per-channel, MinMax"})
+            _set_onnx_metadata(source_onnx, description.metadata())
         if model_format == "onnx":
             os.replace(source_onnx, staged)
         elif model_format == "openvino":
@@ -430,14 +403,13 @@ def export_model(model: str | Path, *, model_format: str = "onnx", precision: st
             _write_openvino(source_onnx, staged, precision, description)
         files = [p for p in staging.iterdir() if p.stem == out.stem]
 
-        side = staging / sidecar_path(out).name
-        side.write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")  # so the check can load it
+        side = write_sidecar(staging / sidecar_path(out).name, description)  # so the check can load the model
         check = _self_check(module, staged, model_format, x_test, y_test, images, precision, max_accuracy_drop,
                             force, progress)
-        description["check"] = check.to_dict()
-        description["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        description["model_sha256"] = hashlib.sha256(staged.read_bytes()).hexdigest()
-        side.write_text(json.dumps(description, indent=2) + "\n", encoding="utf-8")
+        description = description.with_(check=check.to_dict(),
+                                        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                        model_sha256=hashlib.sha256(staged.read_bytes()).hexdigest())
+        write_sidecar(side, description)
         final = []
         for path in [*files, side]:  # the model's own files first, the sidecar (its "commit") last
             os.replace(path, out.parent / path.name)
