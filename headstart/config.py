@@ -20,7 +20,7 @@ from .checks import is_real as _is_real
 from .data import Distortion
 from .errors import UsageError
 from .head import OPTIMIZERS
-from .runtimes import BACKBONE_RUNTIMES, DEFAULT_BATCH_SIZE, PRECISIONS
+from .runtimes import BACKBONE_RUNTIMES, DECODE_MODES, DEFAULT_BATCH_SIZE, PRECISIONS
 
 Check = Callable[[Any], "str | None"]  # None when the value is fine, else what is wrong with it
 
@@ -156,6 +156,8 @@ SETTINGS: dict[str, Setting] = _settings(
             _fraction(0.0, 1.0)),
     Setting("print_misclassified_test_images", bool, False, "list the test images the model gets wrong", "run"),
     Setting("extraction_batch_size", int, DEFAULT_BATCH_SIZE, "images per network call", "run", _at_least(1)),
+    Setting("decode", str, "auto", "how images are decoded: threads, worker processes, or on the GPU with nvJPEG "
+            "(auto: threads on CPUs, processes next to a GPU)", "run", choices=DECODE_MODES),
     Setting("workers", int, None, "image decoding threads (default: one per core)", "run", _at_least(1)),
     Setting("strict", bool, False, "fail instead of skipping unusable images", "run"),
     Setting("progress", bool, True, "show progress bars", "run"),
@@ -224,6 +226,7 @@ class RetrainConfig:
     class_weights: str = _field("class_weights")
     unknown_accept: float = _field("unknown_accept")
     extraction_batch_size: int = _field("extraction_batch_size")
+    decode: str = _field("decode")
     workers: int | None = _field("workers")
     strict: bool = _field("strict")
     progress: bool = _field("progress")
@@ -253,7 +256,7 @@ class RetrainConfig:
     def extraction_params(self) -> dict[str, Any]:
         """Keyword arguments of :func:`~headstart.features.compute_bottlenecks` that this run sets."""
         return {"runtime": self.runtime, "precision": self.precision, "batch_size": self.extraction_batch_size,
-                "workers": self.workers, "progress": self.progress}
+                "workers": self.workers, "progress": self.progress, "decode": self.decode}
 
 
 CONFIG_FIELDS = tuple(f.name for f in fields(RetrainConfig))
@@ -280,6 +283,11 @@ def check_config(config: RetrainConfig, *, need_image_dir: bool = True) -> None:
     if config.validation_percentage + config.testing_percentage > 100:
         raise UsageError(f"--validation_percentage {config.validation_percentage} plus --testing_percentage "
                          f"{config.testing_percentage} is over 100", hint="leave some images for training, e.g. 10 and 10")
+    if config.decode == "gpu":  # needs CUDA: say so before any image is read
+        from .gpu_decode import require_gpu_decode
+        from .runtimes import resolve_runtime
+
+        require_gpu_decode(resolve_runtime(config.runtime, config.precision).runtime)
     if need_image_dir:
         check_existing_dir(config.image_dir, "--image_dir")
     if config.weights is not None and not Path(config.weights).expanduser().is_file():

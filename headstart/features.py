@@ -27,11 +27,11 @@ from .cache import BottleneckCache
 from .data import Distortion, ImageRecord, Preprocessing, SkippedImage, load_image
 from .errors import HeadstartError, ImageError, UsageError
 from .progress import Progress
-from .runtimes import DEFAULT_BATCH_SIZE, Runner, RuntimeChoice, create_runner, resolve_runtime
+from .runtimes import DECODE_MODES, DEFAULT_BATCH_SIZE, Runner, RuntimeChoice, create_runner, resolve_runtime
 
 log = logging.getLogger("headstart")
 
-MAX_SKIP_WARNINGS = 10  # beyond this the run's summary and skipped.csv carry the list
+MAX_SKIP_WARNINGS = 10  # how many skips a caller names before pointing to a list (skipped.csv)
 
 
 @dataclass(frozen=True)
@@ -52,11 +52,18 @@ class Bottlenecks:
         return tuple(self.records[i] for i in rows), self.vectors[rows]
 
 
-def extractor_fingerprint(backbone: Backbone, choice: RuntimeChoice, distortion: Distortion | None = None) -> str:
-    """Cache key part that says which numbers a vector came from (and which distorted copy)."""
+def extractor_fingerprint(backbone: Backbone, choice: RuntimeChoice, distortion: Distortion | None = None,
+                          decoder: str | None = None) -> str:
+    """Cache key part that says which numbers a vector came from (which distorted copy, which decoder).
+
+    ``decoder`` names a decoder whose pixels differ from the CPU decoder's (nvJPEG on
+    the GPU), so its vectors are never mixed with the CPU's; the CPU keys are unchanged.
+    """
     text = f"{backbone.fingerprint}|{choice.key}"
     if distortion is not None and distortion.active:
         text += f"|distortion:{distortion.fingerprint()}"
+    if decoder is not None:
+        text += f"|decoder:{decoder}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -67,7 +74,6 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
-DECODE_MODES = ("auto", "threads", "processes")
 
 
 def resolve_decode_mode(mode: str, choice: RuntimeChoice) -> str:
@@ -80,7 +86,12 @@ def resolve_decode_mode(mode: str, choice: RuntimeChoice) -> str:
     if mode not in DECODE_MODES:
         raise UsageError(f"unknown decode mode {mode!r}", hint=f"use one of {', '.join(DECODE_MODES)}")
     if mode == "auto":
+        # gpu decoding stays opt-in until benchmarks/gpu_check.sh has measured it faster on a GPU.
         return "processes" if choice.runtime == "cuda" else "threads"
+    if mode == "gpu":
+        from .gpu_decode import require_gpu_decode
+
+        require_gpu_decode(choice.runtime)
     return mode
 
 
@@ -182,11 +193,20 @@ def compute_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cach
     start = time.perf_counter()
     choice = runtime if isinstance(runtime, RuntimeChoice) else resolve_runtime(runtime, precision)
     decode = resolve_decode_mode(decode, choice)
-    extractor = extractor_fingerprint(backbone, choice, distortion)
+    if decode == "gpu" and distortion is not None and distortion.active:
+        decode = "processes"  # the device path has no distortions; their copies decode on the CPU
+    decoder = None
+    if decode == "gpu":
+        from .gpu_decode import decoder_id
+
+        decoder = decoder_id()
+    extractor = extractor_fingerprint(backbone, choice, distortion, decoder)
     described = {**backbone.describe(), "runtime": choice.runtime, "precision": choice.precision,
                  "preprocessing": backbone.preprocessing.to_dict()}
     if distortion is not None and distortion.active:
         described["distortion"] = asdict(distortion)
+    if decoder is not None:
+        described["decoder"] = decoder
     cache.register_extractor(extractor, described)
     found = cache.get_many(extractor, [r.sha256 for r in records])
     vectors: dict[str, np.ndarray] = dict(found)
@@ -200,9 +220,10 @@ def compute_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cach
     skipped: list[SkippedImage] = []
     if misses:
         what = f"distorted copy {distortion.copy + 1} of " if distortion is not None and distortion.active else ""
-        log.info("%d of %d %sbottlenecks cached; computing %d with %s (%s)", cached, len(records), what,
-                 len(misses), backbone.name, choice.key)
-        if runner is None:
+        log.info("%d of %d %s cached; computing %d with %s (%s)", cached, len(records),
+                 f"{what}bottleneck" if len(records) == 1 else f"{what}bottlenecks", len(misses), backbone.name,
+                 choice.key)
+        if runner is None and decode != "gpu":
             runner = create_runner(backbone, choice, cache.directory / "models")
         with Progress(len(misses), "Distorted" if what else "Bottlenecks", unit="img", enabled=progress) as bar:
 
@@ -215,16 +236,24 @@ def compute_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cach
             def skip(position: int, reason: str) -> None:
                 record = misses[position]
                 skipped.append(SkippedImage(record.path, reason))
-                if len(skipped) <= MAX_SKIP_WARNINGS:
-                    log.warning("skipping %s: %s", record.path, reason)
-                bar.update(1)
+                # Debug only: the caller says each skip once, with the run's other skips (retrain, evaluate).
+                log.debug("skipping %s: %s", record.path, reason)
+                bar.update(1, skipped=len(skipped))
 
             paths = [r.path for r in misses]
-            run_batches(runner, decode_ahead(paths, backbone.preprocessing, batch_size,
-                                             workers or default_workers(), mode=decode, distortion=distortion,
-                                             seeds=[r.sha256 for r in misses]), batch_size, store, skip)
+            if decode == "gpu":  # decode, resize and run on the device; the numpy runner is not used
+                from .gpu_decode import prepare_cuda_module, run_gpu_pipeline
+                from .networks import create_feature_extractor
+
+                module = prepare_cuda_module(create_feature_extractor(backbone), choice.precision)
+                run_gpu_pipeline(paths, backbone.preprocessing, module, batch_size, store, skip, readers=workers)
+            else:
+                run_batches(runner, decode_ahead(paths, backbone.preprocessing, batch_size,
+                                                 workers or default_workers(), mode=decode, distortion=distortion,
+                                                 seeds=[r.sha256 for r in misses]), batch_size, store, skip)
     else:
-        log.info("all %d bottlenecks cached (%s, %s): the network is not run", len(records), backbone.name,
+        log.info("%s cached (%s, %s): the network is not run",
+                 "the 1 bottleneck is" if len(records) == 1 else f"all {len(records)} bottlenecks", backbone.name,
                  choice.key)
     kept = tuple(r for r in records if r.sha256 in vectors)
     if not kept:

@@ -69,3 +69,14 @@ def test_bad_setting_on_the_command_line_exits_2_in_one_line(fashion_dir: Path, 
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "--dropout")
     assert not (tmp_path / "bottlenecks.sqlite").exists()
+
+
+def test_gpu_decoding_without_cuda_fails_before_any_work(fashion_dir: Path, tmp_path: Path) -> None:
+    from headstart.runtimes import cuda_available
+
+    if cuda_available():
+        pytest.skip("this machine has CUDA")
+    result = run_cli("retrain", "--image_dir", fashion_dir, "--decode", "gpu", "--bottleneck_dir", tmp_path)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "--decode gpu")
+    assert not (tmp_path / "bottlenecks.sqlite").exists()

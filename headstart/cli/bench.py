@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import add_command, add_format, flag, print_json
+from ..runtimes import DECODE_MODES
+from .common import add_command, add_format, flag, print_json, require_path
 
 
 def register(sub: Any) -> None:
@@ -31,7 +32,7 @@ def register(sub: Any) -> None:
 
     flag(p, "--batch_size", type=int, default=DEFAULT_BATCH_SIZE, help="images per network call (default: %(default)s)")
     flag(p, "--workers", type=int, default=None, help="image decoders (default: one per core)")
-    flag(p, "--decode", choices=["auto", "threads", "processes"], default="auto",
+    flag(p, "--decode", choices=list(DECODE_MODES), default="auto",
          help="decode in threads or worker processes (default: processes for cuda, else threads)")
     flag(p, "--limit", type=int, default=None, help="use at most this many images")
     flag(p, "--seconds", type=float, default=4.0, help="time per ceiling measurement (default: %(default)s)")
@@ -43,6 +44,9 @@ def register(sub: Any) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     from ..errors import UsageError
 
+    require_path(args.model, "--model")
+    require_path(args.image_dir, "--image_dir", "folder")
+    require_path(args.weights, "--weights", "file")
     if args.what == "extract":
         if args.model is not None:
             raise UsageError("'bench extract' measures a backbone, not --model",

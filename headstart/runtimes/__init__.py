@@ -39,6 +39,8 @@ Runner = Callable[[np.ndarray], np.ndarray]
 # for decoding whatever the batch; the vectors do not depend on it.
 DEFAULT_BATCH_SIZE = 16
 PRECISIONS = ("fp32", "fp16", "bf16")
+# How images become pixels ahead of the network: threads, worker processes, or nvJPEG on the GPU.
+DECODE_MODES = ("auto", "threads", "processes", "gpu")
 
 
 @dataclass(frozen=True)
