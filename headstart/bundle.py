@@ -45,6 +45,7 @@ MANIFEST_NAME = "headstart.json"
 HEAD_NAME = "head.safetensors"
 LABELS_NAME = "labels.txt"
 METRICS_NAME = "metrics.json"
+BACKBONE_NAME = "backbone.safetensors"  # a fine-tuned backbone's full state dict (checksummed like the head)
 FORMAT_VERSION = 1
 FORMAT_NAME = "headstart-bundle"
 
@@ -70,6 +71,8 @@ class BackboneRecord:
     num_features: int | None = None
     runtime: str | None = None
     precision: str | None = None
+    fine_tune_blocks: int | str | None = None  # fine-tuned runs: the stages trained (weights: BACKBONE_NAME)
+    base_weights_fingerprint: str | None = None  # fine-tuned runs: the pretrained weights they started from
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -390,6 +393,9 @@ def save_bundle(run_dir: str | Path, *, labels: Sequence[str], backbone: Backbon
             LABELS_NAME: {"sha256": _sha256(labels_bytes), "size": len(labels_bytes)},
         },
     }
+    tuned = extras.get(PurePosixPath(BACKBONE_NAME))
+    if tuned is not None:  # a fine-tuned backbone: checksummed, and verified on load, like the head
+        manifest["files"][BACKBONE_NAME] = {"sha256": _sha256(bytes(tuned)), "size": len(tuned)}
     _check_manifest(json.loads(_json_bytes(manifest)))
 
     parent = run_dir.parent
@@ -415,6 +421,8 @@ def save_bundle(run_dir: str | Path, *, labels: Sequence[str], backbone: Backbon
             _write_synced(labels_tmp, labels_bytes)
 
         # Commit: everything that can fail slowly has happened; only renames remain.
+        if replacing and (run_dir / MANIFEST_NAME).is_file():
+            log.info("replacing the previous run in %s", run_dir)
         if replacing:
             os.replace(run_dir, old)
             try:
@@ -491,6 +499,10 @@ def load_bundle(run_dir: str | Path) -> Bundle:
     for name, data in ((HEAD_NAME, head_bytes), (LABELS_NAME, labels_bytes)):
         if _sha256(data) != manifest["files"][name]["sha256"]:
             raise _fail(name, "checksum mismatch: the file was modified after training")
+    if BACKBONE_NAME in manifest["files"] or manifest["backbone"].get("fine_tune_blocks") is not None:
+        expected = (manifest["files"].get(BACKBONE_NAME) or {}).get("sha256")
+        if not isinstance(expected, str) or _sha256(_read(root / BACKBONE_NAME, BACKBONE_NAME)) != expected:
+            raise _fail(BACKBONE_NAME, "checksum missing or mismatched: the tuned backbone was modified after training")
 
     try:
         file_labels = labels_bytes.decode("utf-8")

@@ -129,7 +129,7 @@ SETTINGS: dict[str, Setting] = _settings(
     # loss bottoms out at about 400 of the 1,000 steps, and keeping those weights scores higher.
     Setting("early_stopping", bool, True, "keep the weights where the validation loss was lowest and stop when it "
             "stops improving (--no_early_stopping: retrain.py's last weights)", "head"),
-    Setting("label_smoothing", float, 0.0, "train towards (1 - s) * one-hot + s / classes", "head",
+    Setting("label_smoothing", float, 0.1, "train towards (1 - s) * one-hot + s / classes (0: retrain.py)", "head",
             _fraction(0.0, 1.0)),
     Setting("class_weights", str, "balanced", "balanced: every class drawn equally often per batch, as retrain.py "
             "drew them; none: images drawn uniformly, so classes weigh as much as the folder holds them", "head",
@@ -174,7 +174,7 @@ SWEEPABLE = ("learning_rate", "train_batch_size", "how_many_training_steps", "op
 # stopped improving, so they measure it more often than retrain logs it.
 EXPERIMENT_EVAL_STEP_INTERVAL = 10
 RETRAIN_PY_RECIPE = {"optimizer": "sgd", "learning_rate": 0.01, "train_batch_size": 100,
-                     "how_many_training_steps": 4000, "early_stopping": False}
+                     "how_many_training_steps": 4000, "early_stopping": False, "label_smoothing": 0.0}
 
 
 def default(name: str) -> Any:

@@ -331,7 +331,12 @@ _CHECK_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "te
 
 
 def default_output(run_dir: Path, model_format: str, precision: str) -> Path:
-    return Path(run_dir) / "export" / f"model-{precision}{SUFFIX[model_format]}"
+    """``RUN/export/model-P.onnx``; OpenVINO and TensorRT in folders of their own, so no two exports share
+    a sidecar (``model-fp32.json`` belongs to one model file only)."""
+    folder = Path(run_dir) / "export"
+    if model_format != "onnx":
+        folder = folder / model_format
+    return folder / f"model-{precision}{SUFFIX[model_format]}"
 
 
 def export_model(model: str | Path, *, model_format: str = "onnx", precision: str = "fp32",

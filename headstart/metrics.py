@@ -9,7 +9,8 @@ they can be checked against it, but this module needs numpy only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -223,7 +224,7 @@ def evaluate(y_true: np.ndarray, proba: np.ndarray, labels: Sequence[str]) -> Ev
             for i, label in enumerate(labels)
         },
         confusion_matrix=cm,
-        cross_entropy=float(np.mean(-np.log(true_p))),
+        cross_entropy=float(np.mean(-np.log(true_p))) + 0.0,  # + 0.0: -log(1) is -0.0
     )
 
 
@@ -232,30 +233,41 @@ def _fit(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(width - 1, 1)] + "~"
 
 
-def format_evaluation(ev: Evaluation, title: str = "Test") -> str:
-    """Plain-text report: accuracy with N, per-class table, confusion matrix."""
+def format_evaluation(ev: Evaluation, title: str = "Test", *, details: bool = True) -> str:
+    """Plain-text report: accuracy with N, per-class table, confusion matrix.
+
+    ``details=False`` keeps the accuracy lines only (``-q``).  A class with no
+    test image shows ``n/a`` where its numbers are undefined, with a footnote.
+    """
     lines = [f"{title} accuracy = {ev.accuracy:.1%} (N={ev.n})"]
     if ev.top5_accuracy is not None:
         lines.append(f"{title} top-5 accuracy = {ev.top5_accuracy:.1%}")
+    if not details:
+        return "\n".join(lines)
     lines.append(f"{title} cross-entropy = {ev.cross_entropy:.4f}")
     lines.append("")
 
+    cm = np.asarray(ev.confusion_matrix)
+    predicted = cm.sum(axis=0) if cm.size else np.zeros(len(ev.labels), dtype=np.int64)
     name_w = max(len("macro avg"), min(24, max(len(x) for x in ev.labels)))
     header = f"{'class':<{name_w}}  {'precision':>9}  {'recall':>6}  {'f1':>6}  {'support':>7}"
     lines += [header, "-" * len(header)]
-    for label in ev.labels:
+    for i, label in enumerate(ev.labels):
         m = ev.per_class[label]
-        lines.append(
-            f"{_fit(label, name_w):<{name_w}}  {m.precision:>9.3f}  {m.recall:>6.3f}  {m.f1:>6.3f}  {m.support:>7d}"
-        )
+        undefined = m.support == 0
+        precision = NOT_APPLICABLE if undefined and predicted[i] == 0 else f"{m.precision:.3f}"
+        recall, f1 = (NOT_APPLICABLE, NOT_APPLICABLE) if undefined else (f"{m.recall:.3f}", f"{m.f1:.3f}")
+        lines.append(f"{_fit(label, name_w):<{name_w}}  {precision:>9}  {recall:>6}  {f1:>6}  {m.support:>7d}")
     lines.append("-" * len(header))
     lines.append(
         f"{'macro avg':<{name_w}}  {ev.macro_precision:>9.3f}  {ev.macro_recall:>6.3f}  "
         f"{ev.macro_f1:>6.3f}  {ev.n:>7d}"
     )
+    note = empty_classes_note(ev)
+    if note:
+        lines.append(note)
     lines.append("")
 
-    cm = np.asarray(ev.confusion_matrix)
     cell_w = max(3, len(str(int(cm.max()) if cm.size else 0)), min(6, max(len(x) for x in ev.labels)))
     row_w = min(24, max(len(x) for x in ev.labels))
     lines.append("Confusion matrix (rows = true class, columns = predicted class):")
@@ -263,3 +275,119 @@ def format_evaluation(ev: Evaluation, title: str = "Test") -> str:
     for label, row in zip(ev.labels, cm):
         lines.append(f"{_fit(label, row_w):<{row_w}}" + "".join(f"  {int(v):>{cell_w}d}" for v in row))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- how much a small test set can say
+
+NOT_APPLICABLE = "n/a"
+MIN_TEST_IMAGES = 30  # below this an accuracy's 95 % interval is wider than about +-15 points
+MIN_CLASS_TEST_IMAGES = 5
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion (``successes`` of ``n``), e.g. an accuracy.
+
+    Unlike the normal approximation it stays inside [0, 1] and is honest at 0 %
+    and 100 %, which small test sets often hit.
+    """
+    if n <= 0:
+        raise ValueError(f"n must be positive, got {n}")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in 0..{n}, got {successes}")
+    z = _normal_quantile(0.5 + confidence / 2)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    # At 0 % and 100 % the bound is exact; rounding would leave 3e-17 or 0.99999...
+    return (0.0 if successes == 0 else centre - half), (1.0 if successes == n else centre + half)
+
+
+def _normal_quantile(q: float) -> float:
+    """Inverse of the standard normal CDF (bisection on erf: exact enough, no scipy)."""
+    lo, hi = -10.0, 10.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < q:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def small_sample_warnings(ev: Evaluation, what: str = "test") -> list[str]:
+    """One line each: the set is too small for its accuracy to mean much, or some classes are.
+
+    The first carries the accuracy's 95 % Wilson interval, so the reader sees how
+    wide "79 %" really is.
+    """
+    return small_sample_notes(ev.n, ev.accuracy, {label: m.support for label, m in ev.per_class.items()}, what)
+
+
+def small_sample_notes(n: int, accuracy: float, supports: Mapping[str, int], what: str = "test") -> list[str]:
+    """:func:`small_sample_warnings` from plain numbers (a report reads them from metrics.json)."""
+    notes = []
+    if 0 < n < MIN_TEST_IMAGES:
+        low, high = wilson_interval(int(round(accuracy * n)), n)
+        notes.append(f"only {n} {what} images: an accuracy of {accuracy:.1%} is not meaningful "
+                     f"(95% confidence interval {low:.1%} to {high:.1%}); {MIN_TEST_IMAGES} or more are needed")
+    few = [(label, k) for label, k in supports.items() if 0 < k < MIN_CLASS_TEST_IMAGES]
+    if few:
+        cut = len(few) if len(few) <= 10 else 8
+        shown = ", ".join(f"{label} ({k})" for label, k in few[:cut]) + (f" and {len(few) - cut} more"
+                                                                        if len(few) > cut else "")
+        notes.append(f"{len(few)} of {len(supports)} classes have under {MIN_CLASS_TEST_IMAGES} {what} images, "
+                     f"so their precision, recall and F1 are not meaningful: {shown}")
+    return notes
+
+
+def empty_classes_note(ev: Evaluation) -> str | None:
+    """The footnote for ``n/a`` rows: which classes had no test image, and why their numbers are undefined."""
+    return empty_classes_text([label for label, m in ev.per_class.items() if m.support == 0])
+
+
+def empty_classes_text(empty: Sequence[str]) -> str | None:
+    if not empty:
+        return None
+    names = ", ".join(empty[:8]) + (f" and {len(empty) - 8} more" if len(empty) > 8 else "")
+    return (f"n/a: no test image of {names}, so recall and F1 are undefined (precision too, when no "
+            "image was predicted as it)")
+
+
+# ---------------------------------------------------------------- is the learning rate sane?
+
+
+def learning_rate_warning(history: Sequence[Mapping[str, Any]], n_classes: int,
+                          learning_rate: float) -> str | None:
+    """One line when the training log says ``learning_rate`` is too high, else None.
+
+    Signs, measured on Fashion-MNIST bottlenecks (sane rates show none of them):
+    the first step lifts the training loss far above chance, ``ln(n_classes)``,
+    the loss a uniform guess gets; the validation loss never gets near chance;
+    or it ends far above its best.  Divergence (NaN) is reported elsewhere.
+    """
+    rows = [h for h in history if _finite(h.get("cross_entropy"))]
+    if not rows or n_classes < 2:
+        return None
+    chance = math.log(n_classes)
+    try_rate = f"try --learning_rate {learning_rate / 10:g} or lower"
+    first = rows[0]["cross_entropy"]
+    if first > 2 * chance + 1:
+        return (f"--learning_rate {learning_rate:g} looks too high: the first step took the training loss to "
+                f"{first:.2f}, far above the {chance:.2f} of a uniform guess; {try_rate}")
+    val = [(h["step"], h["validation_cross_entropy"]) for h in rows if _finite(h.get("validation_cross_entropy"))]
+    if len(val) < 3:
+        return None
+    best_step, best = min(val, key=lambda sv: sv[1])
+    final = val[-1][1]
+    if best > 1.5 * chance:
+        return (f"--learning_rate {learning_rate:g} looks too high: the validation loss never fell below {best:.2f}, "
+                f"worse than the {chance:.2f} of a uniform guess; {try_rate}")
+    if final > max(2 * best, best + 1.0):
+        return (f"--learning_rate {learning_rate:g} looks too high: the validation loss ended at {final:.2f}, "
+                f"far above its best of {best:.2f} (step {best_step}); {try_rate}")
+    return None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)

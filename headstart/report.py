@@ -1,11 +1,10 @@
-"""HTML reports and plots: one self-contained file per run or experiment.
+"""HTML reports: one self-contained file per run or experiment.
 
 A report must open anywhere, years later, offline and from an e-mail
 attachment: so every plot is a PNG and every thumbnail a JPEG/PNG embedded as a
 ``data:`` URI, the style sheet is inline, and there are no scripts, web fonts
-or links to fetch.  Plots are drawn by matplotlib's Agg backend (imported only
-when a report is drawn, so ``import headstart`` stays fast); the ``plot_*``
-functions return PNG bytes so the lab guide can save the very same figures.
+or links to fetch.  The plots come from :mod:`headstart.plots` (re-exported
+here), PNG bytes the lab guide saves too.
 """
 
 from __future__ import annotations
@@ -16,18 +15,19 @@ import io
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from .plots import (LOSS_FLOOR, plot_compare, plot_confusion_matrix, plot_curve, plot_sweep,
+                    plot_training_curves)
 
 log = logging.getLogger("headstart")
 
 MAX_GALLERY = 120  # misclassified thumbnails shown; the rest are counted
 THUMBNAIL_PX = 128
-_DPI = 100
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:2em auto;
@@ -39,18 +39,21 @@ table{border-collapse:collapse;margin:.6em 0;font-size:.92em}
 th,td{border:1px solid #ddd;padding:.25em .6em;text-align:right}
 th{background:#f4f4f4}td.l,th.l{text-align:left}
 tr.bad td{background:#fdecea}
-.cards{display:flex;flex-wrap:wrap;gap:.8em}
-.card{border:1px solid #ddd;border-radius:6px;padding:.5em .9em;min-width:9em}
-.card b{display:block;font-size:1.5em}
-.card span{color:#555;font-size:.85em}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(9.5em,1fr));gap:.8em}
+.card{border:1px solid #ddd;border-radius:6px;padding:.5em .9em;min-width:0}
+.card b{display:block;font-size:1.45em;white-space:nowrap}
+.card span,.card small{color:#555;font-size:.85em}
 figure{margin:1em 0}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{color:#555;font-size:.9em}
-.gallery{display:flex;flex-wrap:wrap;gap:.6em}
-.shot{width:140px;font-size:.8em;border:1px solid #ddd;border-radius:4px;padding:4px;word-wrap:break-word}
-.shot img{width:128px;height:128px;object-fit:contain;image-rendering:pixelated;background:#f7f7f7;display:block}
-.missing{width:128px;height:128px;background:#eee;color:#888;display:flex;align-items:center;
-justify-content:center}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));gap:.6em}
+.shot{font-size:.8em;border:1px solid #ddd;border-radius:4px;padding:4px;min-width:0}
+.shot img,.missing{width:100%;aspect-ratio:1;object-fit:contain;background:#f7f7f7;display:block}
+.shot img{image-rendering:pixelated}
+.missing{background:#eee;color:#888;display:flex;align-items:center;justify-content:center}
+.name span{display:block;overflow:hidden;text-overflow:ellipsis;white-space:nowrap;color:#555}
 .warn{color:#a00;font-weight:bold}
+.note{color:#8a5300}
+code{white-space:nowrap;font-size:.95em}
 pre{background:#f7f7f7;padding:.6em;overflow-x:auto;font-size:.85em}
 """
 
@@ -90,13 +93,26 @@ def _page(title: str, subtitle: str, sections: Sequence[str]) -> str:
               "Self-contained: opens offline.</p></body></html>\n")
 
 
+def _flags(text: str) -> str:
+    """Escaped text with each ``--flag`` kept on one line (browsers break after a hyphen)."""
+    return re.sub(r"(--[A-Za-z0-9_]+)", r"<code>\1</code>", _e(text))
+
+
+def _seconds(value: Any, places: int) -> str:
+    return "–" if not isinstance(value, (int, float)) else f"{value:.{places}f}"
+
+
 def _section(title: str, body: str) -> str:
     return f"<section><h2>{_e(title)}</h2>{body}</section>"
 
 
-def _cards(items: Sequence[tuple[str, str]]) -> str:
-    return "<div class='cards'>" + "".join(f"<div class='card'><span>{_e(k)}</span><b>{_e(v)}</b></div>"
-                                           for k, v in items) + "</div>"
+def _cards(items: Sequence[tuple[str, str] | tuple[str, str, str]]) -> str:
+    """Summary cards: a label, a big value and, optionally, a small note under it (such as N)."""
+    cards = []
+    for label, value, *note in items:
+        small = f"<small>{_e(note[0])}</small>" if note and note[0] else ""
+        cards.append(f"<div class='card'><span>{_e(label)}</span><b>{_e(value)}</b>{small}</div>")
+    return "<div class='cards'>" + "".join(cards) + "</div>"
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], left: int = 1,
@@ -123,23 +139,6 @@ def data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _png(fig: Any) -> bytes:
-    plt = _pyplot()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def thumbnail(path: Path, size: int = THUMBNAIL_PX) -> str | None:
     """A data URI of a small copy of the image at ``path``, or None if it cannot be read."""
     from PIL import Image, ImageOps
@@ -158,164 +157,14 @@ def thumbnail(path: Path, size: int = THUMBNAIL_PX) -> str | None:
     return data_uri(buf.getvalue(), "image/png" if small else "image/jpeg")
 
 
-# ---------------------------------------------------------------- plots
-
-
-def plot_training_curves(history: Sequence[Mapping[str, Any]]) -> bytes | None:
-    """Cross entropy, and training and validation accuracy, against the training step."""
-    rows = [h for h in history if h.get("cross_entropy") is not None]
-    if not rows:
-        return None
-    plt = _pyplot()
-    steps = [h["step"] for h in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
-    left.plot(steps, [h["cross_entropy"] for h in rows], label="training batch")
-    if any(h.get("validation_cross_entropy") is not None for h in rows):
-        left.plot(steps, [h.get("validation_cross_entropy") for h in rows], label="validation")
-    left.set(xlabel="step", ylabel="cross entropy", title="Loss")
-    left.set_yscale("log")
-    left.legend()
-    right.plot(steps, [h["train_accuracy"] for h in rows], label="training batch")
-    if any(h.get("validation_accuracy") is not None for h in rows):
-        right.plot(steps, [h.get("validation_accuracy") for h in rows], label="validation")
-    right.set(xlabel="step", ylabel="accuracy", title="Accuracy", ylim=(0, 1.02))
-    right.legend(loc="lower right")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-    return _png(fig)
-
-
-def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> bytes | None:
-    """Heat map of the confusion matrix, rows true classes, normalised per row, with counts written in."""
-    cm = np.asarray(matrix, dtype=np.float64)
-    if cm.size == 0:
-        return None
-    plt = _pyplot()
-    totals = cm.sum(axis=1, keepdims=True)
-    share = np.divide(cm, totals, out=np.zeros_like(cm), where=totals > 0)
-    n = len(labels)
-    side = max(3.5, 0.42 * n + 1.8)
-    fig, ax = plt.subplots(figsize=(side + 1, side))
-    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(n), labels=labels, rotation=45, ha="right")
-    ax.set_yticks(range(n), labels=labels)
-    ax.set(xlabel="predicted class", ylabel="true class", title="Confusion matrix (test set)")
-    if n <= 30:
-        for i in range(n):
-            for j in range(n):
-                if cm[i, j]:
-                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
-                            color="white" if share[i, j] > 0.5 else "black")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    return _png(fig)
-
-
-def _axis_values(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[Any], bool]:
-    values = sorted({r[key] for r in rows}, key=lambda v: (isinstance(v, str), v))
-    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-    return values, numeric
-
-
-def plot_sweep(rows: Sequence[Mapping[str, Any]], swept: Sequence[str]) -> bytes | None:
-    """Test accuracy and training time against each swept flag (one panel pair per flag).
-
-    With two or more swept flags, the first swept flag is on the x axis and each
-    value of the second draws its own line, so interactions stay visible.
-    """
-    if not rows:
-        return None
-    plt = _pyplot()
-    flags = list(swept) or ["learning_rate"]
-    fig, axes = plt.subplots(len(flags), 2, figsize=(10, 3.3 * len(flags)), squeeze=False)
-    for k, x_key in enumerate(flags):
-        others = [f for f in flags if f != x_key]
-        group_key = others[0] if others else None
-        groups = _axis_values(rows, group_key)[0] if group_key else [None]
-        xs, numeric = _axis_values(rows, x_key)
-        for metric, ax, label in (("test_accuracy", axes[k][0], "test accuracy"),
-                                  ("train_s", axes[k][1], "training time (s)")):
-            for g in groups:
-                mean: dict[Any, list[float]] = {}
-                err: dict[Any, list[float]] = {}
-                crossed: list[Any] = []
-                for r in rows:
-                    if group_key and r[group_key] != g:
-                        continue
-                    if r.get(metric) is None:
-                        continue
-                    mean.setdefault(r[x_key], []).append(r[metric])
-                    if metric == "test_accuracy":
-                        err.setdefault(r[x_key], []).append(r.get("test_accuracy_std") or 0.0)
-                    if r.get("diverged"):
-                        crossed.append(r[x_key])
-                pts = [x for x in xs if x in mean]
-                if not pts:
-                    continue
-                pos = pts if numeric else [xs.index(x) for x in pts]
-                ys = [float(np.mean(mean[x])) for x in pts]
-                name = f"{group_key}={g}" if group_key else None
-                if metric == "test_accuracy":
-                    ax.errorbar(pos, ys, yerr=[float(np.mean(err[x])) for x in pts], marker="o", capsize=3,
-                                label=name)
-                    for x in crossed:
-                        ax.plot(x if numeric else xs.index(x), float(np.mean(mean[x])), "rx", markersize=12,
-                                label="diverged" if x == crossed[0] and g == groups[0] else None)
-                else:
-                    ax.plot(pos, ys, marker="o", label=name)
-            if numeric and len(xs) > 1 and min(xs) > 0 and max(xs) / min(xs) >= 20:
-                ax.set_xscale("log")
-            if not numeric:
-                ax.set_xticks(range(len(xs)), labels=[str(x) for x in xs])
-            ax.set(xlabel=x_key, ylabel=label)
-            ax.grid(alpha=0.3)
-            if group_key or metric == "test_accuracy" and any(r.get("diverged") for r in rows):
-                ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _png(fig)
-
-
-def plot_curve(rows: Sequence[Mapping[str, Any]]) -> bytes | None:
-    """Test accuracy (mean and spread over repeats) against training images per class."""
-    if not rows:
-        return None
-    plt = _pyplot()
-    xs = [float(r["train_images_per_class"]) for r in rows]
-    ys = [r["accuracy_mean"] for r in rows]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.errorbar(xs, ys, yerr=[r["accuracy_std"] for r in rows], marker="o", capsize=4)
-    lows, highs = [r.get("accuracy_min", y) for r, y in zip(rows, ys)], [r.get("accuracy_max", y)
-                                                                          for r, y in zip(rows, ys)]
-    ax.fill_between(xs, lows, highs, alpha=0.15, label="min–max over repeats")
-    for r, x, y in zip(rows, xs, ys):
-        if r["images_per_class"] == "all":
-            ax.annotate("all", (x, y), textcoords="offset points", xytext=(0, 8), ha="center")
-    ax.set_xscale("log")
-    ax.set(xlabel="training images per class", ylabel=f"test accuracy (N={rows[0]['n_test']})",
-           title="Learning curve", ylim=(0, 1.02))
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(loc="lower right")
-    return _png(fig)
-
-
-def plot_compare(rows: Sequence[Mapping[str, Any]]) -> bytes | None:
-    """Test accuracy against batch-1 latency, one point per backbone (up and left is better)."""
-    points = [r for r in rows if r.get("latency_ms") is not None and r.get("test_accuracy") is not None]
-    if not points:
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for r in points:
-        ax.scatter(r["latency_ms"], r["test_accuracy"], s=40 + 8 * float(r.get("gmacs") or 0) * 10)
-        ax.annotate(f"{r['backbone']}\n{r.get('params_m', '?')}M params, {r.get('gmacs', '?')} GMACs",
-                    (r["latency_ms"], r["test_accuracy"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ax.set(xlabel=f"batch-1 latency (ms, {points[0].get('runtime')})", ylabel="test accuracy",
-           title="Accuracy against latency")
-    ax.margins(x=0.35, y=0.25)
-    ax.grid(alpha=0.3)
-    return _png(fig)
-
-
 # ---------------------------------------------------------------- run report
+
+
+def _name(path: str) -> str:
+    """A path broken at its separators, one line each, cut with an ellipsis when too long (full in the title)."""
+    parts = path.split("/")
+    spans = "".join(f"<span>{_e(part)}{'/' if i < len(parts) - 1 else ''}</span>" for i, part in enumerate(parts))
+    return f"<div class='name' title='{_e(path)}'>{spans}</div>"
 
 
 def _gallery(misclassified: Sequence[Mapping[str, Any]], image_root: Path | None, limit: int) -> str:
@@ -325,14 +174,56 @@ def _gallery(misclassified: Sequence[Mapping[str, Any]], image_root: Path | None
     shots = []
     for m in items[:limit]:
         uri = thumbnail(Path(image_root) / m["path"]) if image_root is not None else None
-        pic = (f"<img alt='{_e(m['path'])}' src='{uri}'>" if uri
+        pic = (f"<img alt='{_e(m['path'])}' src='{uri}' title='{_e(m['path'])}'>" if uri
                else "<div class='missing'>image not found</div>")
         shots.append(f"<div class='shot'>{pic}<div><b>{_e(m['label'])}</b> → {_e(m['predicted'])} "
-                     f"({float(m.get('score') or 0):.2f})</div><div class='sub'>{_e(m['path'])}</div></div>")
+                     f"({float(m.get('score') or 0):.2f})</div>{_name(str(m['path']))}</div>")
     more = (f"<p class='sub'>… and {len(items) - limit} more (all are listed in metrics.json).</p>"
             if len(items) > limit else "")
     return ("<p class='sub'>True label → predicted label (score), most confident mistakes first.</p>"
             f"<div class='gallery'>{''.join(shots)}</div>{more}")
+
+
+MAX_SKIPPED_ROWS = 200  # skipped images listed in the report; skipped.csv has them all
+
+
+def _skipped(skipped: Sequence[Mapping[str, Any]], count: int) -> str:
+    if not skipped:
+        return (f"<p>{_e(count)} images were skipped; their list is in skipped.csv.</p>" if count
+                else "<p>Every image was used.</p>")
+    rows = [[item.get("path", "?"), item.get("reason", "?")] for item in skipped[:MAX_SKIPPED_ROWS]]
+    more = (f"<p class='sub'>… and {len(skipped) - MAX_SKIPPED_ROWS} more, all listed in skipped.csv.</p>"
+            if len(skipped) > MAX_SKIPPED_ROWS else "")
+    return ("<p class='sub'>Not used for training or testing; the run's skipped.csv has the same list.</p>"
+            + _table(["image", "reason"], rows, left=2) + more)
+
+
+def _class_rows(test: Mapping[str, Any]) -> tuple[list[list[Any]], list[bool], str | None]:
+    """Per-class rows with ``n/a`` where a class without test images leaves a number undefined."""
+    from .metrics import NOT_APPLICABLE, empty_classes_text
+
+    per_class = test.get("per_class") or {}
+    labels = list(test.get("labels") or per_class)
+    matrix = test.get("confusion_matrix") or []
+    predicted = {label: sum(row[i] for row in matrix) for i, label in enumerate(labels)} if matrix else {}
+
+    def three(x: Any) -> str:
+        return "–" if x is None else f"{float(x):.3f}"
+
+    rows, weak, empty = [], [], []
+    for label, m in per_class.items():
+        if m["support"] == 0:
+            empty.append(label)
+            precision = three(m["precision"]) if predicted.get(label) else NOT_APPLICABLE
+            rows.append([label, precision, NOT_APPLICABLE, NOT_APPLICABLE, 0])
+            weak.append(False)
+        else:
+            rows.append([label, three(m["precision"]), three(m["recall"]), three(m["f1"]), m["support"]])
+            weak.append(m["f1"] < 0.5)
+    rows.append(["macro average", three(test.get("macro_precision")), three(test.get("macro_recall")),
+                 three(test.get("macro_f1")), test.get("n")])
+    weak.append(False)
+    return rows, weak, empty_classes_text(empty)
 
 
 def render_run_report(*, metrics: dict[str, Any], labels: Sequence[str], image_root: Path | None,
@@ -343,6 +234,8 @@ def render_run_report(*, metrics: dict[str, Any], labels: Sequence[str], image_r
     ``image_root`` is the folder the misclassified paths are relative to; images
     that are no longer there get a placeholder instead of breaking the report.
     """
+    from .metrics import small_sample_notes
+
     test = metrics.get("test") or {}
     val = metrics.get("validation") or {}
     training = metrics.get("training") or {}
@@ -352,10 +245,10 @@ def render_run_report(*, metrics: dict[str, Any], labels: Sequence[str], image_r
     history = metrics.get("history") or []
     diverged = bool(training.get("diverged"))
 
-    cards = [("test accuracy", f"{_pct(test.get('accuracy'))} (N={test.get('n', '?')})"),
+    cards = [("test accuracy", _pct(test.get("accuracy")), f"(N={test.get('n', '?')})"),
              ("macro precision", _pct(test.get("macro_precision"))),
              ("macro recall", _pct(test.get("macro_recall"))),
-             ("validation accuracy", f"{_pct(val.get('accuracy'))} (N={val.get('n', '?')})")]
+             ("validation accuracy", _pct(val.get("accuracy")), f"(N={val.get('n', '?')})")]
     if test.get("top5_accuracy") is not None:
         cards.append(("top-5 accuracy", _pct(test["top5_accuracy"])))
     cards.append(("training time", f"{timing.get('train_s', float('nan')):.2f} s"))
@@ -363,42 +256,49 @@ def render_run_report(*, metrics: dict[str, Any], labels: Sequence[str], image_r
     if diverged:
         summary += ("<p class='warn'>Training diverged (the loss became NaN or infinite); the model keeps the "
                     "last finite weights. Lower --learning_rate.</p>")
+    elif training.get("warning"):
+        summary += f"<p class='warn'>Warning: {_flags(training['warning'])}.</p>"
+    if isinstance(test.get("n"), int) and isinstance(test.get("accuracy"), (int, float)):
+        supports = {label: int(m.get("support", 0)) for label, m in (test.get("per_class") or {}).items()}
+        for note in small_sample_notes(test["n"], float(test["accuracy"]), supports):
+            summary += f"<p class='note'>Warning: {_flags(note)}.</p>"
+    n_skipped = int(bottlenecks.get("skipped") or 0)
+    if n_skipped:
+        summary += (f"<p class='note'>{_e(n_skipped)} image{'' if n_skipped == 1 else 's'} skipped: listed "
+                    "with the reasons under Skipped images below.</p>")
 
-    per_class = test.get("per_class") or {}
-    def three(x: Any) -> str:
-        return "–" if x is None else f"{float(x):.3f}"
-
-    class_rows = [[lab, three(m["precision"]), three(m["recall"]), three(m["f1"]), m["support"]]
-                  for lab, m in per_class.items()]
-    class_rows.append(["macro average", three(test.get("macro_precision")), three(test.get("macro_recall")),
-                       three(test.get("macro_f1")), test.get("n")])
-    weak = [m["f1"] < 0.5 for m in per_class.values()] + [False]
-
+    class_rows, weak, empty_note = _class_rows(test)
     curves = plot_training_curves(history)
     confusion = plot_confusion_matrix(test.get("confusion_matrix") or [], test.get("labels") or list(labels))
     final = training.get("final") or {}
     train_text = (f"{training.get('steps_run', '?')} steps on {training.get('n', '?')} training images"
                   + (f"; final training cross entropy {_num(final.get('cross_entropy'))}" if final else ""))
 
-    timing_rows = [["bottlenecks", timing.get("bottlenecks_s")], ["training", timing.get("train_s")],
-                   ["total", timing.get("total_s")]]
+    # Rounded as the command prints them, so the two show the same numbers.
+    timing_rows = [["indexing and bottlenecks", _seconds(timing.get("bottlenecks_s"), 1)],
+                   ["training", _seconds(timing.get("train_s"), 2)], ["total", _seconds(timing.get("total_s"), 1)]]
     provenance = {"backbone": backbone, "hyperparameters": hyperparameters, "data": metrics.get("data"),
                   "splits": splits, "bottlenecks": bottlenecks}
     sections = [
         _section("Summary", summary),
         _section("Training", f"<p>{_e(train_text)}.</p>"
-                 + _figure(curves, "Cross entropy (log scale) and accuracy, measured every eval_step_interval "
-                                   "steps on the training batch and on validation images.", "training curves")),
+                 + _figure(curves, "Cross entropy (log scale; a loss of 0 is drawn at "
+                                   f"{LOSS_FLOOR:g}) and accuracy, measured every eval_step_interval steps on "
+                                   "the training batch and on validation images.", "training curves")),
         _section("Confusion matrix", _figure(confusion, "Rows are true classes, columns predicted classes; "
                                                         "colour is the share of the row.", "confusion matrix")),
         _section("Per-class precision, recall and F1 (test set)",
-                 _table(["class", "precision", "recall", "F1", "support"], class_rows, bad=weak)),
+                 _table(["class", "precision", "recall", "F1", "support"], class_rows, bad=weak)
+                 + (f"<p class='sub'>{_e(empty_note)}.</p>" if empty_note else "")),
         _section(f"Misclassified test images ({len(metrics.get('misclassified') or [])})",
                  _gallery(metrics.get("misclassified") or [], image_root, max_gallery)),
+        _section(f"Skipped images ({n_skipped})", _skipped(metrics.get("skipped") or [], n_skipped)),
         _section("Timing (seconds)", _table(["stage", "seconds"], timing_rows)
-                 + f"<p class='sub'>Bottlenecks: {_e(bottlenecks.get('computed', '?'))} computed, "
+                 + "<p class='sub'>The total is the command's printed Total time: everything up to the "
+                   "finished model, without writing the run folder and this report. "
+                   f"Bottlenecks: {_e(bottlenecks.get('computed', '?'))} computed, "
                    f"{_e(bottlenecks.get('cached', '?'))} read from the cache, "
-                   f"{_e(bottlenecks.get('skipped', 0))} images skipped.</p>"),
+                   f"{_e(n_skipped)} images skipped.</p>"),
         _section("Provenance", f"<pre>{_e(json.dumps(provenance, indent=2, default=str))}</pre>"),
     ]
     name = backbone.get("name", "?")

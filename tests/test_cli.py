@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -85,7 +86,8 @@ def test_retrain_label_evaluate_end_to_end(fashion_dir: Path, fashion_holdout_di
     as_csv = run_cli("label", "--model", str(run), str(fashion_holdout_dir / "Bag"), "--format", "csv",
                      "--bottleneck_dir", str(shared_cache_dir))
     records = list(csv.DictReader(io.StringIO(as_csv.stdout)))
-    assert len(records) == 50 and set(records[0]) == {"path", "rank", "label", "score"}
+    assert len(records) == 50 and set(records[0]) == {"path", "rank", "label", "score", "unknown", "ood_score"}
+    assert {r["unknown"] for r in records} <= {"true", "false"} and float(records[0]["ood_score"]) == float(records[0]["ood_score"])
 
     table = run_cli("label", "--model", str(run), str(fashion_holdout_dir / "Bag" / os.listdir(
         fashion_holdout_dir / "Bag")[0]), "--bottleneck_dir", str(shared_cache_dir))
@@ -126,3 +128,48 @@ def test_import_headstart_loads_no_heavy_module() -> None:
             "print(sorted(m for m in ('torch', 'timm', 'onnxruntime', 'openvino', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+MISSING_PATH_CASES = {
+    "label --model": (["label", "--model", "{gone}", "{here}"], "--model"),
+    "label image": (["label", "--model", "{here}", "{gone}"], "{gone}"),
+    "label --weights": (["label", "--model", "{here}", "--weights", "{gone}", "{here}"], "--weights"),
+    "evaluate --model": (["evaluate", "--model", "{gone}", "--image_dir", "{here}"], "--model"),
+    "evaluate --image_dir": (["evaluate", "--model", "{here}", "--image_dir", "{gone}"], "--image_dir"),
+    "export --model": (["export", "--model", "{gone}"], "--model"),
+    "export --image_dir": (["export", "--model", "{here}", "--image_dir", "{gone}"], "--image_dir"),
+    "report": (["report", "{gone}"], "RUN_DIR"),
+    "report --image_dir": (["report", "{here}", "--image_dir", "{gone}"], "--image_dir"),
+    "bench --model": (["bench", "--model", "{gone}"], "--model"),
+    "bench extract --image_dir": (["bench", "extract", "--image_dir", "{gone}"], "--image_dir"),
+    "datasets --source": (["datasets", "fashion-mnist", "--out", "{here}/out", "--source", "{gone}"], "--source"),
+    "retrain --image_dir": (["retrain", "--image_dir", "{gone}"], "--image_dir"),
+    "retrain --weights": (["retrain", "--image_dir", "{here}", "--weights", "{gone}"], "--weights"),
+    "sweep --image_dir": (["sweep", "--image_dir", "{gone}"], "--image_dir"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MISSING_PATH_CASES))
+def test_a_typed_path_that_does_not_exist_is_a_usage_error_everywhere(case: str, cli, tmp_path: Path) -> None:
+    args, named = MISSING_PATH_CASES[case]
+    here, gone = tmp_path / "here", tmp_path / "gone"
+    here.mkdir()
+    fill = {"here": str(here), "gone": str(gone)}
+    code, out, err = cli(*[a.format(**fill) for a in args])
+    assert code == 2, (case, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith("error: ") and lines[1].startswith("hint: "), err
+    assert named.format(**fill) in lines[0] and str(gone) in lines[0]
+    assert not (here / "out").exists()  # failed before any work
+
+
+def test_backbones_table_uses_one_number_format_per_column(cli) -> None:
+    code, out, _ = cli("backbones")
+    assert code == 0
+    rows = [line for line in out.splitlines()[2:] if line.strip() and not line.startswith("*")]
+    assert len(rows) >= 5
+    for row in rows:
+        top1 = re.search(r"\s(\d+(?:\.\d+)?)\s+(yes|download)$", row)
+        assert top1 and re.fullmatch(r"\d+\.\d", top1.group(1)), row  # 73.0, never 73 next to 75.1
+        params = row.split()[2 if "*" not in row else 3]
+        assert re.fullmatch(r"\d+\.\d\d", params), row

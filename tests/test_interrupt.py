@@ -135,7 +135,7 @@ def test_sigkill_mid_extraction_then_resume_keeps_every_batch(images: Path, mode
     assert kept % BATCH == 0, "a batch was half written"
     assert not out.exists()  # killed before the end: no run directory at all ...
     code, _, err = cli("label", "--model", out, images / "Bag")
-    assert code == 1 and "does not exist" in assert_one_line_error(err)  # ... so nothing for label to load
+    assert code == 2 and "no such file or folder" in assert_one_line_error(err)  # ... so nothing for label to load
 
     metrics = resume(images, cache, out)
     assert metrics["bottlenecks"] == {"computed": n_images(images) - kept, "cached": kept, "skipped": 0}

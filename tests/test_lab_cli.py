@@ -92,4 +92,4 @@ def test_report_rebuilds_a_run(trained_run, tmp_path, capsys):
     assert main(["report", str(run)]) == 0
     assert "report.html" in capsys.readouterr().out
     assert (run / "report.html").read_text().count("data:image/") >= 2
-    assert main(["report", str(tmp_path / "nothing")]) == 1
+    assert main(["report", str(tmp_path / "nothing")]) == 2  # a typed path that does not exist: usage error

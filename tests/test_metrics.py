@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -218,3 +219,98 @@ def test_property_top_k_with_ties(problem, k) -> None:
     y, scores, _ = problem
     assert top_k_accuracy(y, scores, k) == pytest.approx(_top_k_reference(y, scores, k))
     assert top_k_accuracy(y, scores, 1) == pytest.approx(np.mean(scores.argmax(axis=1) == y))
+
+
+# ---------------------------------------------------------------- small test sets, empty classes, learning rates
+
+
+def test_wilson_interval_matches_scipy() -> None:
+    from scipy.stats import binomtest
+
+    from headstart.metrics import wilson_interval
+
+    for k, n in [(23, 29), (0, 10), (10, 10), (1, 3), (250, 307), (5, 5)]:
+        low, high = wilson_interval(k, n)
+        ref = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+        assert low == pytest.approx(ref.low, abs=1e-9) and high == pytest.approx(ref.high, abs=1e-9), (k, n)
+        assert 0.0 <= low <= k / n <= high <= 1.0
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    with pytest.raises(ValueError):
+        wilson_interval(3, 0)
+
+
+def test_small_test_sets_are_flagged_with_their_interval() -> None:
+    from headstart.metrics import small_sample_warnings, wilson_interval
+
+    y = np.array([0] * 12 + [1] * 12 + [2] * 4)  # 28 images, one class with 4
+    proba = np.eye(3)[np.where(np.arange(28) % 7 == 0, (y + 1) % 3, y)]
+    ev = evaluate(y, proba, ["cat", "dog", "fox"])
+    notes = small_sample_warnings(ev)
+    low, high = wilson_interval(round(ev.accuracy * 28), 28)
+    assert notes[0] == (f"only 28 test images: an accuracy of {ev.accuracy:.1%} is not meaningful (95% "
+                        f"confidence interval {low:.1%} to {high:.1%}); 30 or more are needed")
+    assert notes[1].startswith("1 of 3 classes have under 5 test images") and notes[1].endswith("fox (4)")
+    big = evaluate(np.repeat([0, 1], 20), np.eye(2)[np.repeat([0, 1], 20)], ["a", "b"])
+    assert small_sample_warnings(big) == []
+
+
+def test_a_class_without_test_images_shows_na_and_says_why() -> None:
+    y = np.array([0, 0, 1, 1, 0, 1])
+    predicted_as = np.array([0, 0, 1, 2, 0, 1])  # one image wrongly called "fox", which has no test image
+    labels = ["cat", "dog", "fox", "owl"]
+    ev = evaluate(y, np.eye(4)[predicted_as], labels)
+    text = format_evaluation(ev)
+    rows: dict[str, list[str]] = {}
+    for line in text.splitlines():  # the table's rows come before the confusion matrix's
+        if line.split()[:1] in (["fox"], ["owl"]):
+            rows.setdefault(line.split()[0], line.split()[1:])
+    assert rows["fox"][:4] == ["0.000", "n/a", "n/a", "0"]  # predicted once, wrongly: precision is a real 0
+    assert rows["owl"][:4] == ["n/a", "n/a", "n/a", "0"]  # never present, never predicted
+    assert "0.000   0.000   0.000       0" not in text
+    assert "n/a: no test image of fox, owl, so recall and F1 are undefined" in text
+
+
+def test_details_false_keeps_the_accuracy_lines_only(digits_preds) -> None:
+    y, proba = digits_preds
+    text = format_evaluation(evaluate(y, proba, DIGIT_NAMES), title="Final test", details=False)
+    assert text.splitlines() == [f"Final test accuracy = {np.mean(proba.argmax(1) == y):.1%} (N={len(y)})",
+                                 f"Final test top-5 accuracy = {top_k_accuracy(y, proba, 5):.1%}"]
+
+
+def test_a_perfect_fit_has_a_cross_entropy_of_plus_zero() -> None:
+    ev = evaluate(np.array([0, 1]), np.eye(2), ["a", "b"])
+    assert ev.cross_entropy == 0.0 and math.copysign(1.0, ev.cross_entropy) == 1.0
+    assert "-0.0" not in format_evaluation(ev)
+
+
+def _history(train: list[float], val: list[float]) -> list[dict]:
+    return [{"step": 100 * i, "cross_entropy": t, "validation_cross_entropy": v} for i, (t, v) in
+            enumerate(zip(train, val))]
+
+
+# Validation losses of real runs on 300 Fashion-MNIST images (adam unless said), every 100 steps.
+SANE = {"adam 0.001": [2.21, 0.44, 0.34, 0.26, 0.36, 0.24, 0.24, 0.35, 0.28, 0.37, 0.25],
+        "adam 0.0001": [2.29, 1.44, 1.02, 0.77, 0.68, 0.65, 0.6, 0.63, 0.51, 0.52, 0.37],
+        "sgd 0.0001": [2.3, 2.26, 2.22, 2.18, 2.15, 2.12, 2.09, 2.06, 2.02, 1.98, 1.92],
+        "sgd 1.0": [4.72, 0.57, 0.33, 0.29, 0.65, 0.17, 0.21, 0.5, 0.37, 0.61, 0.34]}
+
+
+@pytest.mark.parametrize("name", sorted(SANE))
+def test_sane_learning_rates_get_no_warning(name: str) -> None:
+    from headstart.metrics import learning_rate_warning
+
+    val = SANE[name]
+    assert learning_rate_warning(_history([2.2] + [0.1] * (len(val) - 1), val), 10, 0.001) is None
+
+
+def test_too_high_learning_rates_get_one_line_each() -> None:
+    from headstart.metrics import learning_rate_warning
+
+    blown = learning_rate_warning(_history([21.64] + [0.0] * 10, [77.9, 13.0, 9.7, 6.7, 3.3, 11.0]), 10, 1.0)
+    assert blown.startswith("--learning_rate 1 looks too high: the first step took the training loss to 21.64")
+    assert blown.endswith("try --learning_rate 0.1 or lower") and "\n" not in blown
+    never = learning_rate_warning(_history([2.0] * 6, [43.6, 7.9, 5.8, 4.3, 10.6, 5.8]), 10, 10.0)
+    assert "never fell below 4.30" in never
+    ended = learning_rate_warning(_history([2.0] * 5, [2.2, 0.5, 0.4, 0.9, 2.0]), 10, 0.1)
+    assert "ended at 2.00, far above its best of 0.40 (step 200)" in ended
+    assert learning_rate_warning(_history([float("nan")], [float("nan")]), 10, 1.0) is None

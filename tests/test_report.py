@@ -160,3 +160,128 @@ def test_report_renders_with_its_images_in_chromium(trained_run, fashion_dir, tm
     pixels = np.asarray(Image.open(shot).convert("L"))
     assert pixels.shape == (2000, 1200)
     assert pixels.std() > 10  # text, plots and thumbnails, not a blank page
+
+
+# ---------------------------------------------------------------- what a new user tripped over
+
+
+def test_a_loss_of_zero_is_drawn_without_warnings():
+    import io
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    history = [{"step": s, "train_accuracy": 1.0, "cross_entropy": 0.0 if s else 21.6,
+                "validation_accuracy": 1.0, "validation_cross_entropy": 0.0} for s in range(0, 1000, 100)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        png = plot_training_curves(history)
+    assert not caught, [str(w.message) for w in caught]
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    left = pixels[:, : pixels.shape[1] // 2]
+    blue = np.abs(left - np.array([31, 119, 180])).sum(axis=2) < 60  # matplotlib's first line colour
+    assert blue.sum() > 200  # the training loss is drawn along the floor (the legend's sample alone is ~30)
+
+
+def _small_metrics(**extra):
+    test = {"accuracy": 0.75, "n": 4, "cross_entropy": 0.5, "macro_precision": 0.5, "macro_recall": 0.75,
+            "macro_f1": 0.6, "top5_accuracy": None, "labels": ["cat", "dog", "owl"],
+            "confusion_matrix": [[2, 1, 0], [0, 1, 0], [0, 0, 0]],
+            "per_class": {"cat": {"precision": 1.0, "recall": 0.667, "f1": 0.8, "support": 3},
+                          "dog": {"precision": 0.5, "recall": 1.0, "f1": 0.667, "support": 1},
+                          "owl": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}}}
+    return {"test": test, "validation": {"accuracy": 1.0, "n": 2}, "training": {}, "history": [],
+            "timing": {"bottlenecks_s": 1.234, "train_s": 0.5, "total_s": 1.9}, **extra}
+
+
+def test_a_class_without_test_images_and_a_tiny_test_set_are_explained():
+    from headstart.metrics import wilson_interval
+
+    text = render_run_report(metrics=_small_metrics(), labels=["cat", "dog", "owl"], image_root=None,
+                             backbone={}, hyperparameters={})
+    assert "<td class='l'>owl</td><td>n/a</td><td>n/a</td><td>n/a</td><td>0</td>" in text
+    assert "n/a: no test image of owl, so recall and F1 are undefined" in text
+    low, high = wilson_interval(3, 4)
+    assert f"only 4 test images: an accuracy of 75.0% is not meaningful (95% confidence interval " \
+           f"{100 * low:.1f}% to {100 * high:.1f}%)" in text
+    assert "2 of 3 classes have under 5 test images" in text
+    assert "<td class='l'>total</td><td>1.9</td>" in text and "<td>1.2</td>" in text and "<td>0.50</td>" in text
+    _assert_self_contained(text)
+
+
+def test_skipped_images_are_listed_with_their_reasons():
+    skipped = [{"path": "cat/cut.jpg", "reason": "truncated JPEG: the file ends before the image does"},
+               {"path": "dog/notes.jpg", "reason": "not an image (unrecognised format)"}]
+    metrics = _small_metrics(skipped=skipped, bottlenecks={"computed": 5, "cached": 0, "skipped": 2})
+    text = render_run_report(metrics=metrics, labels=["cat", "dog", "owl"], image_root=None, backbone={},
+                             hyperparameters={})
+    assert "Skipped images (2)" in text and "2 images skipped" in text
+    for item in skipped:
+        assert f"<td class='l'>{item['path']}</td><td class='l'>{item['reason']}</td>" in text
+    assert "Every image was used." in render_run_report(metrics=_small_metrics(), labels=["cat", "dog", "owl"],
+                                                        image_root=None, backbone={}, hyperparameters={})
+
+
+def test_a_too_high_learning_rate_is_said_in_the_report():
+    metrics = _small_metrics(training={"warning": "--learning_rate 1 looks too high: the first step took the "
+                                                  "training loss to 21.64; try --learning_rate 0.1 or lower"})
+    text = render_run_report(metrics=metrics, labels=["cat", "dog", "owl"], image_root=None, backbone={},
+                             hyperparameters={})
+    assert "<p class='warn'>Warning: <code>--learning_rate</code> 1 looks too high" in text
+
+
+def _gallery_metrics(trained_run, fashion_dir, n=20):
+    names = sorted(p.relative_to(fashion_dir).as_posix() for p in fashion_dir.glob("T-shirt_top/*.png"))[:n]
+    return {**trained_run.metrics, "misclassified": [{"path": name, "label": "T-shirt_top", "predicted": "Shirt",
+                                                      "score": 0.9} for name in names]}
+
+
+def test_gallery_names_break_at_separators_with_the_full_name_in_a_title(trained_run, fashion_dir):
+    from headstart.bundle import load_bundle
+
+    bundle = load_bundle(trained_run.run_dir)
+    text = render_run_report(metrics=_gallery_metrics(trained_run, fashion_dir, 3), labels=trained_run.labels,
+                             image_root=fashion_dir, backbone=bundle.backbone.to_dict(),
+                             hyperparameters=bundle.hyperparameters)
+    name = sorted(p.name for p in fashion_dir.glob("T-shirt_top/*.png"))[0]
+    assert (f"<div class='name' title='T-shirt_top/{name}'><span>T-shirt_top/</span><span>{name}</span></div>"
+            in text)
+    assert "break-word" not in text and "display:grid" in text
+
+
+_LAYOUT = ("<script>window.addEventListener('load',function(){"
+           "var tops=[].map.call(document.querySelectorAll('.card'),function(c){return c.offsetTop;});"
+           "var g=document.querySelector('.gallery').getBoundingClientRect();"
+           "var shots=[].slice.call(document.querySelectorAll('.shot')).map(function(s){"
+           "return s.getBoundingClientRect();});"
+           "var row=shots.filter(function(r){return Math.abs(r.top-shots[0].top)<1;});"
+           "var right=Math.max.apply(null,row.map(function(r){return r.right;}));"
+           "var h2=document.querySelector('h2').getBoundingClientRect();"
+           "var lines=[].map.call(document.querySelectorAll('.name span'),function(s){return s.getClientRects().length;});"
+           "document.body.setAttribute('data-layout',JSON.stringify({rows:new Set(tops).size,cards:tops.length,"
+           "gap:g.right-right,width:g.width/h2.width,lines:Math.max.apply(null,lines)}));});</script>")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed here (CI installs it)")
+def test_cards_sit_on_one_row_and_the_gallery_fills_the_width_in_chromium(trained_run, fashion_dir, tmp_path):
+    import json
+
+    from headstart.bundle import load_bundle
+
+    bundle = load_bundle(trained_run.run_dir)
+    text = render_run_report(metrics=_gallery_metrics(trained_run, fashion_dir), labels=trained_run.labels,
+                             image_root=fashion_dir, backbone=bundle.backbone.to_dict(),
+                             hyperparameters=bundle.hyperparameters)
+    page = tmp_path / "layout.html"
+    page.write_text(text.replace("</body>", _LAYOUT + "</body>"), encoding="utf-8")
+    dom = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,2000", "--virtual-time-budget=5000",
+         "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    found = re.search(r"data-layout=\"([^\"]+)\"", dom.stdout)
+    assert found, dom.stderr[-2000:]
+    layout = json.loads(found.group(1).replace("&quot;", '"'))
+    assert layout["cards"] == 6 and layout["rows"] == 1, layout  # training time no longer alone on a row
+    assert layout["width"] > 0.98 and 0 <= layout["gap"] < 2, layout  # the gallery's first row reaches the edge
+    assert layout["lines"] == 1, layout  # each part of a name on one line, never wrapped mid-word

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
@@ -92,3 +93,25 @@ def _cell(value: Any) -> str:
 def require(condition: bool, message: str, hint: str | None = None) -> None:
     if not condition:
         raise UsageError(message, hint=hint)
+
+
+def require_path(path: Any, flag: str, kind: str = "file or folder") -> None:
+    """A path the user typed must exist: a usage error (exit 2), before any work starts.
+
+    ``kind`` is "file", "folder" or "file or folder"; ``None`` (flag not given) passes.
+    """
+    if path is None:
+        return
+    where = Path(path).expanduser()
+    if not where.exists():
+        broken = " (a broken symbolic link)" if where.is_symlink() else ""
+        raise UsageError(f"{flag}: no such {kind}: {where}{broken}", hint="check the path")
+    if kind == "folder" and not where.is_dir():
+        raise UsageError(f"{flag}: {where} is not a folder", hint="pass a folder")
+    if kind == "file" and where.is_dir():
+        raise UsageError(f"{flag}: {where} is a folder, not a file", hint="pass a file")
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """``1 image``, ``2 images``."""
+    return f"{n} {word if n == 1 else many or word + 's'}"

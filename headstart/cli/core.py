@@ -104,8 +104,11 @@ def _register_retrain(sub: Any) -> None:
     distort = p.add_argument_group("distortions (retrain.py's flags; each distorted copy is computed once and cached)")
     for name in ("flip_left_right", "random_crop", "random_scale", "random_brightness", "distorted_copies"):
         setting_flag(distort, name)
+    tune = p.add_argument_group("fine-tuning (the top stages train from their cached input maps)")
+    for name in ("fine_tune_blocks", "fine_tune_epochs", "fine_tune_learning_rate", "fine_tune_label_smoothing"):
+        setting_flag(tune, name, metavar="N|all" if name == "fine_tune_blocks" else None)
     for name in ("early_stopping", "label_smoothing", "class_weights", "unknown_accept", "seed", "strict",
-                 "workers"):
+                 "workers", "decode"):
         setting_flag(p, name)
     flag(p, "--no_report", action="store_true", help="do not write report.html")
     flag(p, "--format", choices=["table", "json"], default="table", help="print the summary as a table or as JSON")
@@ -164,6 +167,11 @@ def run_retrain(args: argparse.Namespace) -> int:
         print(f"Distorted training copies: {d['copies']} per image, {d['computed']} computed, {d['cached']} cached")
     print(f"Training: {result.metrics['training']['steps_run']} steps in {result.timing['train_s']:.2f}s"
           + ("  (DIVERGED: lower --learning_rate)" if result.diverged else ""))
+    if "fine_tune" in result.metrics:
+        t = result.metrics["fine_tune"]
+        what = "the whole network" if t["blocks"] == "all" else f"the top {t['blocks']} stage(s)"
+        print(f"Fine-tuned {what}: {t['epochs_run']} epoch(s) in {t['seconds']:.0f}s, "
+              f"kept epoch {t['best_epoch']}" + (" (stopped early)" if t["stopped_early"] else ""))
     if result.validation_accuracy is not None:
         print(f"Validation accuracy = {100 * result.validation_accuracy:.1f}% (N={result.validation_n})")
     print()

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .common import add_command, flag, print_json
+from .common import add_command, flag, print_json, require_path
 
 
 def register(sub: Any) -> None:
@@ -31,8 +31,8 @@ def _register_export(sub: Any) -> None:
          help="fp32, fp16 (OpenVINO, TensorRT) or int8 calibrated on the run's training images "
               "(default: %(default)s)")
     flag(p, "--output", type=Path, default=None,
-         help="file to write (default: RUN_DIR/export/model-PRECISION.onnx|.xml|.engine); the sidecar is "
-              "the same name ending in .json")
+         help="file to write (default: RUN_DIR/export/model-PRECISION.onnx, or .../export/openvino/*.xml, "
+              ".../export/tensorrt/*.engine); the sidecar is the same name ending in .json")
     flag(p, "--image_dir", type=Path, default=None,
          help="labelled images to check against, when the run's own test images are gone")
     flag(p, "--max_accuracy_drop", type=float, default=1.0,
@@ -51,6 +51,9 @@ def _register_export(sub: Any) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from ..export import export_model
 
+    require_path(args.model, "--model", "folder")
+    require_path(args.image_dir, "--image_dir", "folder")
+    require_path(args.weights, "--weights", "file")
     result = export_model(args.model, model_format=args.model_format, precision=args.precision, output=args.output,
                           image_dir=args.image_dir, max_accuracy_drop=args.max_accuracy_drop, force=args.force,
                           calibration_images=args.calibration_images, weights=args.weights,
@@ -66,10 +69,18 @@ def run_export(args: argparse.Namespace) -> int:
     if check.n:
         print(f"Check on {check.n} images ({check.source}, {check.runtime}): top-1 agreement with PyTorch "
               f"{100 * check.agreement:.1f}%, test accuracy {100 * check.accuracy:.1f}% "
-              f"(PyTorch {100 * check.reference_accuracy:.1f}%, drop {check.accuracy_drop:+.1f} points)")
+              f"(PyTorch {100 * check.reference_accuracy:.1f}%: {describe_drop(check.accuracy_drop)})")
     else:
         print(f"Not checked: {check.note}")
     if check.note:
         print(f"Note: {check.note}")
     print(f"Next: headstart label --model {result.path} IMAGE...")
     return 0
+
+
+def describe_drop(points: float) -> str:
+    """The export's accuracy change in words: "+0.0 points" of a "drop" reads like a loss."""
+    shown = round(abs(points), 1)
+    if shown == 0:
+        return "no accuracy lost"
+    return f"{'lost' if points > 0 else 'gained'} {shown:.1f} point{'' if shown == 1 else 's'}"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import EXPERIMENT_EVAL_STEP_INTERVAL
-from .common import add_command, add_format, comma_list, flag, format_table, print_json
+from .common import add_command, add_format, comma_list, flag, format_table, print_json, require_path
 from .core import (add_backbone_flags, add_cache_flag, add_runtime_flags, add_split_flags, add_training_flags,
                    setting_flag)
 
@@ -44,6 +44,9 @@ def _add_common(p: argparse.ArgumentParser, *, backbone: bool = True) -> None:
 
 
 def _settings(args: argparse.Namespace, *, backbone: bool = True) -> dict[str, Any]:
+    require_path(args.image_dir, "--image_dir", "folder")
+    if backbone:
+        require_path(args.weights, "--weights", "file")
     settings: dict[str, Any] = {
         "bottleneck_dir": args.bottleneck_dir, "crop_pct": args.crop_pct, "runtime": args.runtime,
         "precision": args.precision, "seed": args.seed, "eval_step_interval": args.eval_step_interval,
@@ -245,6 +248,8 @@ def _register_report(sub: Any) -> None:
 def run_report(args: argparse.Namespace) -> int:
     from ..report import rebuild_run_report
 
+    require_path(args.run_dir, "RUN_DIR", "folder")
+    require_path(args.image_dir, "--image_dir", "folder")
     path = rebuild_run_report(args.run_dir, image_root=args.image_dir)
     print(f"Wrote {path}")
     return 0

@@ -307,8 +307,10 @@ def _decode(source: Path | bytes, prep: Preprocessing, max_pixels: int,
         except Exception as err:  # PIL signals corrupt data with many exception types
             text = _one_line(err)
             if "truncated" in text.lower() or "broken data stream" in text.lower():
+                # PIL's own words ("image file is truncated (48 bytes not processed)") repeat "truncated"
+                # and count bytes of its buffer, not of the file: say what it means, once.
                 hint = "re-download or re-export the image, or delete it"
-                raise _Unusable(f"truncated {fmt} ({text})", hint) from err
+                raise _Unusable(f"truncated {fmt}: the file ends before the image does", hint) from err
             raise _Unusable(f"corrupt or unsupported {fmt} ({text})", _HINT_BAD_IMAGE) from err
     return out
 

@@ -38,6 +38,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 SPLITS = ("training", "validation", "testing")
 MAX_NUM_IMAGES_PER_CLASS = 2**27 - 1
 MIN_IMAGES_PER_CLASS = 20  # fewer is allowed but warned about, as retrain.py did
+RUNS_MARKER = ".headstart-runs"  # see _list_classes
 
 
 # --------------------------------------------------------------------------- index types
@@ -252,7 +253,9 @@ def _list_classes(root: Path, labels: Sequence[str] | None) -> list[str]:
     if not root.is_dir():
         raise DataError(f"not a folder: {root}", hint=hint)
     with os.scandir(root) as it:
-        entries = [e for e in it if not e.name.startswith(".")]
+        # A folder holding RUNS_MARKER keeps run directories next to the classes (the studio's runs/): no class.
+        entries = [e for e in it
+                   if not e.name.startswith(".") and not os.path.exists(os.path.join(e.path, RUNS_MARKER))]
     names = sorted(e.name for e in entries if _is_dir(e))
     if not names:
         raise DataError(
@@ -382,9 +385,12 @@ def index_image_dir(
     for warning in warnings:
         log.warning("%s", warning)
     totals = {s: sum(c[s] for c in counts.values()) for s in SPLITS}
+    # Only what indexing itself skipped (copies, unreadable files); images that fail to decode are
+    # counted later, so "0 skipped" here would be a promise the next step may break.
     log.info(
-        "indexed %s: %d classes, %d training, %d validation, %d testing images, %d skipped",
-        root, len(index.labels), totals["training"], totals["validation"], totals["testing"], len(skipped),
+        "indexed %s: %d classes, %d training, %d validation, %d testing images%s",
+        root, len(index.labels), totals["training"], totals["validation"], totals["testing"],
+        f" ({len(skipped)} skipped: copies or unreadable files)" if skipped else "",
     )
     return replace(index, warnings=tuple(warnings))
 
