@@ -116,9 +116,8 @@ class SoftmaxHead:
         validation sampling uses an independent stream, so watching a validation
         set never changes the trained weights.
     early_stopping: with a validation set, measure its whole cross-entropy every
-        ``EARLY_STOPPING_EVERY`` steps, keep the weights where it was lowest, and
-        stop once it has not improved for ``patience`` (a fifth of the steps, at
-        least 100).  ``False`` = retrain.py (the last weights are kept).
+        ``EARLY_STOPPING_EVERY`` steps, keep the weights where it was lowest, stop once it has
+        not improved for a fifth of the steps (at least 100).  ``False`` = retrain.py.
     label_smoothing: train towards ``(1 - s) * onehot + s / n_classes`` (0 = retrain.py).
     sampling: ``"class"`` draws a class uniformly, then one of its images
         (retrain.py; rare classes are seen as often as common ones); ``"image"``
