@@ -44,13 +44,13 @@ def register(sub: Any) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     from ..errors import UsageError
 
+    if args.what == "extract" and args.model is not None:  # the wrong flag first, then whether its path exists
+        raise UsageError("'bench extract' measures a backbone, not --model",
+                         hint="headstart bench --model RUN_DIR, or headstart bench extract --image_dir DIR")
     require_path(args.model, "--model")
     require_path(args.image_dir, "--image_dir", "folder")
     require_path(args.weights, "--weights", "file")
     if args.what == "extract":
-        if args.model is not None:
-            raise UsageError("'bench extract' measures a backbone, not --model",
-                             hint="headstart bench --model RUN_DIR, or headstart bench extract --image_dir DIR")
         if args.image_dir is None:
             raise UsageError("'bench extract' needs --image_dir", hint="headstart bench extract --image_dir photos")
         return _run_extract(args)
