@@ -16,6 +16,7 @@ _EXPORTS = {
     "retrain": "train", "RetrainResult": "train",
     "RetrainConfig": "config", "RETRAIN_PY_RECIPE": "config", "SETTINGS": "config",
     "label": "inference", "label_imagenet": "inference", "evaluate": "inference", "LabelResult": "inference",
+    "doctor": "doctor", "DoctorReport": "doctor",
     # a trained model
     "load_model": "model", "Classifier": "model", "Prediction": "model",
     # building blocks
