@@ -59,6 +59,9 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/headstart-lab"),
                         help="scratch folder for images, the bottleneck cache and runs (wiped first)")
     parser.add_argument("--per_class", type=int, default=300, help="Fashion-MNIST images per class")
+    parser.add_argument("--fine_tune", action="store_true",
+                        help="also run benchmarks/finetune_accuracy.py for section 2's table (long: it fine-tunes "
+                             "twice per setting); without it the table is read from lab/finetune.json")
     args = parser.parse_args()
     work = args.workdir
     if work.exists():
@@ -119,6 +122,12 @@ def main() -> None:
                "retrain_py_recipe": {k: recipe[k] for k in ("timing", "test", "training")},
                "holdout": holdout_eval, "sweep_benchmark_wall_s": round(bench_wall, 2), "sweeps": sweeps,
                "curve": curve, "compare": compare, "commands": log}
+    fine_tune_json = OUT / "finetune.json"
+    if args.fine_tune:
+        subprocess.run([sys.executable, str(REPO / "benchmarks" / "finetune_accuracy.py"), "--workdir",
+                        str(work / "finetune"), "--per_class", str(args.per_class), "--json", str(fine_tune_json)],
+                       cwd=REPO, check=True)
+    numbers["finetune"] = json.loads(fine_tune_json.read_text()) if fine_tune_json.exists() else None
     for key in ("history", "misclassified"):
         numbers["retrain_cold"] = {k: v for k, v in numbers["retrain_cold"].items() if k != key}
     (OUT / "numbers.json").write_text(json.dumps(numbers, indent=2, default=str) + "\n")
@@ -138,6 +147,36 @@ def sweep_table(rows: list[dict[str, Any]], keys: list[str]) -> str:
                                           "–" if r["cross_entropy"] is None else f"{r['cross_entropy']:.3f}",
                                           f"{r['train_s']:.2f}", r["best_step"], "yes" if r["diverged"] else "no"]
                   for r in rows])
+
+
+def fine_tune_section(ft: dict[str, Any] | None) -> str:
+    """Section 2's answer in numbers: head-only against the top 1, 2, 3 stages trained from cached maps."""
+    if not ft:
+        return "(`python docs/make_lab.py --fine_tune` adds the table that compares this with `--fine_tune_blocks`.)"
+    rows = []
+    for r in ft["rows"]:
+        blocks = r["fine_tune_blocks"]
+        what = f"`--fine_tune_blocks {blocks}`" if blocks else "head only (bottlenecks)"
+        rows.append([what, pct(r["unseen_accuracy"]), f"{r['first_s'] / 60:.1f} min", f"{r['cached_s'] / 60:.1f} min",
+                     f"{r['bytes_per_image'] / 1024:.1f} KiB"])
+    n_train, n_test = 10 * ft["per_class"], 10 * ft["test_per_class"]
+    return f"""headstart also offers the middle ground. `--fine_tune_blocks N` freezes the
+stem and all but the top N of EfficientNet-Lite0's seven stages, runs that
+frozen part once per image and caches what it outputs — the activation map in
+front of the top stages, C×H×W numbers in float16, not the pooled vector — and
+then trains the top N stages, the head conv and a new classifier from the cached
+maps (AdamW, a cosine schedule, early stopping on validation loss). A second run
+with the same cut computes nothing. On {n_train:,} Fashion-MNIST training images,
+evaluated on {n_test:,} images of Fashion-MNIST's test split that no run saw:
+
+{table(["", "unseen-image accuracy", "first run (empty cache)", "rerun (cached)", "cached per image"], rows)}
+
+```
+{ft["command"]}
+```
+
+Each deeper cut trains more layers from bigger maps, so every epoch costs more;
+the bottleneck column is what section 1 describes (1,280 float32 numbers)."""
 
 
 def write_guide(n: dict[str, Any], cold_wall: float, per_class: int) -> str:
@@ -244,9 +283,13 @@ The cost of this shortcut: the pretrained layers cannot adapt to your images,
 and per-image random distortions (retrain.py's `--flip_left_right`,
 `--random_crop` …) would change every bottleneck every step, so they cannot be
 cached. Fine-tuning some of the upper layers can gain a few points on data far
-from ImageNet, at the price of running the network for every image at every
-epoch. Everything below runs on the cached bottlenecks, which is why a whole
-sweep takes seconds.
+from ImageNet; the usual price is running the whole network for every image at
+every epoch.
+
+{fine_tune_section(n.get("finetune"))}
+
+Everything below runs on the cached bottlenecks, which is why a whole sweep
+takes seconds.
 
 ## 3. How accurate is the model?
 

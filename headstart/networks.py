@@ -12,7 +12,7 @@ import torch
 
 from .backbones import Backbone
 from .data.decode import Preprocessing
-from .errors import ModelError
+from .errors import ModelError, UsageError
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -110,3 +110,131 @@ def imagenet_labels() -> list[str]:
 
     info = ImageNetInfo()
     return [info.index_to_description(i) for i in range(1000)]
+
+
+# ------------------------------------------------------------------ cut points for fine-tuning
+# A "stage" is one entry of timm's ``model.blocks`` (EfficientNet, MobileNetV2/V3:
+# seven of them).  Cutting in front of the top N stages splits the network into a
+# frozen part that runs once per image (its output map is cached) and a top part
+# that is trained from those maps.
+
+FINE_TUNE_ALL = "all"
+
+
+def _cuttable_tail(net: torch.nn.Module) -> tuple[str, ...] | None:
+    """Modules that ``forward_features`` runs after ``blocks``; None when the network cannot be cut."""
+    from timm.models.efficientnet import EfficientNet
+    from timm.models.mobilenetv3 import MobileNetV3
+
+    if isinstance(net, EfficientNet):
+        return ("conv_head", "bn2")
+    if isinstance(net, MobileNetV3):
+        return ()  # its conv_head comes after the pooling, inside forward_head
+    return None
+
+
+def count_stages(backbone: Backbone) -> int | None:
+    """How many stages ``--fine_tune_blocks`` can train, or None when the network has no cut points.
+
+    Builds the architecture without weights (a fraction of a second), so a bad cut
+    point is reported before any image is read.
+    """
+    import timm
+
+    net = timm.create_model(backbone.timm_name, pretrained=False)
+    return len(net.blocks) if _cuttable_tail(net) is not None else None
+
+
+class FrozenPart(torch.nn.Module):
+    """The stem and the stages below the cut: normalised NCHW in, the cut point's map out."""
+
+    def __init__(self, net: torch.nn.Module, start: int) -> None:
+        super().__init__()
+        self.conv_stem = net.conv_stem
+        self.bn1 = net.bn1
+        self.blocks = torch.nn.Sequential(*list(net.blocks)[:start])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.bn1(self.conv_stem(x)))
+
+
+class TopPart(torch.nn.Module):
+    """The top stages, the head conv and the pooling: a cut point's map in, the pooled bottleneck out.
+
+    It holds the whole timm network (``self.net``) so that the tuned weights are
+    saved as the network's own state dict, under timm's names; only the modules
+    that ``forward`` uses are trained (see :meth:`trainable_parameters`).
+    """
+
+    def __init__(self, net: torch.nn.Module, start: int) -> None:
+        super().__init__()
+        tail = _cuttable_tail(net)
+        if tail is None:
+            raise ModelError(f"{type(net).__name__} has no cut points", hint="use --fine_tune_blocks 0 or all")
+        self.net = net
+        self.start = start
+        self.tail = tail
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in list(self.net.blocks)[self.start:]:
+            x = block(x)
+        for name in self.tail:
+            x = getattr(self.net, name)(x)
+        return self.net.forward_head(x, pre_logits=True)
+
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        return ("conv_stem.", "bn1.", "classifier.", *(f"blocks.{i}." for i in range(self.start)))
+
+    def trainable_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
+        """``(timm name, parameter)`` of the top stages, the head conv and its norm."""
+        frozen = self.frozen_prefixes()
+        return [(name, p) for name, p in self.net.named_parameters() if not name.startswith(frozen)]
+
+    def stage_of(self, name: str) -> int | None:
+        """The stage a parameter belongs to (``blocks.5.2.conv_pw.weight`` -> 5), None for the head conv."""
+        parts = name.split(".")
+        return int(parts[1]) if parts[0] == "blocks" else None
+
+
+class WholeNetwork(TopPart):
+    """``--fine_tune_blocks all``: every layer trains, from normalised images."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        torch.nn.Module.__init__(self)
+        self.net = net
+        self.start = 0
+        self.tail = ()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_head(self.net.forward_features(x), pre_logits=True)
+
+    def frozen_prefixes(self) -> tuple[str, ...]:
+        return ("classifier.",)
+
+
+def split_backbone(backbone: Backbone, blocks: int) -> tuple[torch.nn.Module, TopPart]:
+    """``(frozen, top)`` for training the top ``blocks`` stages.
+
+    ``frozen``: uint8 NHWC images -> the map in front of the top stages (float32
+    NCHW), with the normalisation inside, ready for any runtime.  ``top``: that
+    map -> the pooled bottleneck.  ``top(frozen_net(x)) == create_feature_extractor(x)``.
+    Both share one network built with the backbone's weights (ImageNet classifier
+    kept, so the tuned state dict is complete); everything starts frozen.
+    """
+    net = create_model(backbone, with_classifier=True)
+    stages = len(getattr(net, "blocks", ()))
+    if _cuttable_tail(net) is None:
+        raise UsageError(f"the blocks of backbone {backbone.name} cannot be cut for --fine_tune_blocks",
+                         hint="use --fine_tune_blocks 0 (head only) or all, or an EfficientNet/MobileNet backbone")
+    if not 1 <= blocks <= stages:
+        raise UsageError(f"--fine_tune_blocks {blocks} is outside 1-{stages} for {backbone.name}",
+                         hint=f"use 0 (head only), 1-{stages}, or all")
+    start = stages - blocks
+    frozen = InputAdapter(FrozenPart(net, start), backbone.preprocessing).eval()
+    return frozen, TopPart(net, start).eval()
+
+
+def create_trainable_network(backbone: Backbone) -> tuple[torch.nn.Module, WholeNetwork]:
+    """``(input adapter, whole network)`` for ``--fine_tune_blocks all``: the adapter only normalises."""
+    net = create_model(backbone, with_classifier=True)
+    return InputAdapter(torch.nn.Identity(), backbone.preprocessing).eval(), WholeNetwork(net).eval()
