@@ -146,7 +146,7 @@ def _timm_preprocessing(timm_name: str) -> Preprocessing:
 
     try:
         cfg = timm.get_pretrained_cfg(timm_name)
-    except Exception:  # noqa: BLE001 - timm raises several types for unknown names
+    except Exception:  # timm raises several types for unknown names
         cfg = None
     if cfg is None:
         raise _unknown(timm_name)
@@ -247,7 +247,7 @@ def _resolve_hub(name: str, timm_name: str, prep: Preprocessing, num_features: i
     for filename in _HUB_FILES:
         try:
             return found(hf_hub_download(hub_id, filename=filename, local_files_only=True))
-        except Exception:  # noqa: BLE001 - not in the local cache
+        except Exception:  # not in the local cache
             continue
     hint = ("connect to the internet once (the download is cached), or pass --weights PATH with a local "
             "checkpoint; efficientnet_lite0/1/2 work offline")
@@ -259,7 +259,7 @@ def _resolve_hub(name: str, timm_name: str, prep: Preprocessing, num_features: i
         try:
             log.info("downloading %s/%s from the Hugging Face Hub", hub_id, filename)
             return found(hf_hub_download(hub_id, filename=filename))
-        except Exception as exc:  # noqa: BLE001 - network, missing file and offline errors all land here
+        except Exception as exc:  # network, missing file and offline errors all land here
             last_error = exc
             if "EntryNotFound" not in type(exc).__name__:
                 break

@@ -35,9 +35,21 @@ from typing import Any
 import numpy as np
 
 from .data import Preprocessing
-from .manifest import (BACKBONE_NAME, FORMAT_NAME, FORMAT_VERSION, HEAD_NAME, LABELS_NAME, MANIFEST_NAME,
-                       METRICS_NAME, _check_head_config, _check_labels, _check_manifest, _check_tensors, _fail)
 from .errors import DataError, ModelError, UsageError
+from .manifest import (
+    BACKBONE_NAME,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    HEAD_NAME,
+    LABELS_NAME,
+    MANIFEST_NAME,
+    METRICS_NAME,
+    _check_head_config,
+    _check_labels,
+    _check_manifest,
+    _check_tensors,
+    _fail,
+)
 
 log = logging.getLogger("headstart")
 
@@ -279,7 +291,9 @@ def save_bundle(run_dir: str | Path, *, labels: Sequence[str], backbone: Backbon
     }
     tuned = extras.get(PurePosixPath(BACKBONE_NAME))
     if tuned is not None:  # a fine-tuned backbone: checksummed, and verified on load, like the head
-        manifest["files"][BACKBONE_NAME] = {"sha256": _sha256(bytes(tuned)), "size": len(tuned)}
+        tuned_bytes = tuned.encode("utf-8") if isinstance(tuned, str) else bytes(tuned)
+        files: dict[str, Any] = manifest["files"]  # type: ignore[assignment]
+        files[BACKBONE_NAME] = {"sha256": _sha256(tuned_bytes), "size": len(tuned_bytes)}
     _check_manifest(json.loads(_json_bytes(manifest)))
 
     parent = run_dir.parent
@@ -297,8 +311,8 @@ def save_bundle(run_dir: str | Path, *, labels: Sequence[str], backbone: Backbon
         if metrics is not None:
             _write_synced(tmp / METRICS_NAME, _json_bytes(metrics))
         for rel, content in extras.items():
-            data = content.encode("utf-8") if isinstance(content, str) else bytes(content)
-            _write_synced(tmp.joinpath(*rel.parts), data)
+            payload = content.encode("utf-8") if isinstance(content, str) else bytes(content)
+            _write_synced(tmp.joinpath(*rel.parts), payload)
         _write_synced(tmp / MANIFEST_NAME, _json_bytes(manifest))  # last: its presence marks a bundle
         _fsync_dir(tmp)
         if labels_tmp is not None:
@@ -414,11 +428,11 @@ def load_bundle(run_dir: str | Path) -> Bundle:
             raise _fail(METRICS_NAME, "expected a JSON object", hint="delete it or re-evaluate the model")
 
     try:
-        data = DataRecord.from_dict(manifest["data"]) if isinstance(manifest.get("data"), dict) else None
+        recorded = DataRecord.from_dict(manifest["data"]) if isinstance(manifest.get("data"), dict) else None
     except (KeyError, TypeError, ValueError):
         raise _fail(MANIFEST_NAME, "'data' is malformed") from None
     return Bundle(path=root, labels=labels, backbone=BackboneRecord.from_dict(manifest["backbone"]),
                   preprocessing=Preprocessing.from_dict(manifest["preprocessing"]), head_tensors=tensors,
                   head_config=manifest["head_config"], hyperparameters=manifest["hyperparameters"],
-                  versions=manifest["versions"], created=manifest["created"], data=data,
+                  versions=manifest["versions"], created=manifest["created"], data=recorded,
                   head_sha256=manifest["files"][HEAD_NAME]["sha256"], metrics=metrics)

@@ -96,6 +96,7 @@ class BottleneckCache:
     """
 
     FILENAME = "bottlenecks.sqlite"
+    DTYPE = _DTYPE  # how a row's values are stored (the cut-point map store keeps float16)
 
     def __init__(self, directory: str | Path | None = None, *, timeout: float = 60.0) -> None:
         self.directory = Path(directory).expanduser() if directory is not None else default_cache_dir()
@@ -271,10 +272,10 @@ class BottleneckCache:
                         (extractor, *chunk),
                     )
                     for sha, dim, blob in rows:
-                        if not isinstance(blob, bytes) or dim <= 0 or len(blob) != dim * 4:
+                        if not isinstance(blob, bytes) or dim <= 0 or len(blob) != dim * self.DTYPE.itemsize:
                             bad.append(sha)
                             continue
-                        found[sha] = np.frombuffer(blob, dtype=_DTYPE).astype(np.float32)
+                        found[sha] = np.frombuffer(blob, dtype=self.DTYPE).astype(self.DTYPE.newbyteorder("="))
             finally:
                 conn.execute("COMMIT")
         if bad:
@@ -295,7 +296,7 @@ class BottleneckCache:
             arr = np.asarray(vector)
             if arr.ndim != 1 or arr.size == 0:
                 raise ValueError(f"bottleneck for {sha} must be a non-empty 1-D vector, got shape {arr.shape}")
-            rows.append((extractor, sha, int(arr.size), arr.astype(_DTYPE, copy=False).tobytes()))
+            rows.append((extractor, sha, int(arr.size), arr.astype(self.DTYPE, copy=False).tobytes()))
         if not rows:
             return 0
         with self._lock, self._translate():

@@ -174,8 +174,8 @@ def fit_novelty(x_train: np.ndarray, y_train: np.ndarray, n_classes: int, x_val:
                         float(accept))
 
 
-__all__ = ["fit_temperature", "expected_calibration_error", "reliability", "NoveltyScore", "fit_novelty",
-           "softmax", "DEFAULT_UNKNOWN_ACCEPT"]
+__all__ = ["DEFAULT_UNKNOWN_ACCEPT", "NoveltyScore", "expected_calibration_error", "fit_novelty", "fit_temperature",
+           "reliability", "softmax"]
 
 
 def calibrate_head(head: Any, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,

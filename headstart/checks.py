@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
 
-def is_int(value: Any) -> bool:
+def is_int(value: Any) -> TypeGuard[int]:
     """An integer (Python or numpy), but not a bool: ``True`` is an int to Python, never a count to a user."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 

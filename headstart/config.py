@@ -56,6 +56,32 @@ def _blocks(v: Any) -> str | None:
     return None if (_is_int(v) and v >= 0) or v == "all" else "must be 0 (head only), a number of stages, or all"
 
 
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
+          "g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
+
+
+def memory_value(text: Any) -> Any:
+    """``--max_memory``: bytes, or a number and a unit (``512MB``, ``8GiB``, ``2g``); else left for the check."""
+    if not isinstance(text, str):
+        return text
+    import re
+
+    found = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    if not found or found.group(2).lower() not in _UNITS:
+        return text
+    return int(float(found.group(1)) * _UNITS[found.group(2).lower()])
+
+
+def _memory(v: Any) -> str | None:
+    return None if _is_int(v) and v >= 2**20 else "must be a size of at least 1MiB, e.g. 512MB or 8GB"
+
+
+def _ray_address(v: Any) -> str | None:
+    from .distributed import check_address
+
+    return check_address(v)
+
+
 def _fraction(low: float, high: float) -> Check:
     return lambda v: None if _is_real(v) and low <= v < high else f"must be in [{low:g}, {high:g})"
 
@@ -68,7 +94,7 @@ class Setting:
     kind: type
     default: Any
     help: str
-    group: str  # data | output | backbone | head | distortion | fine_tune | run
+    group: str  # data | output | backbone | head | distortion | fine_tune | run | scale
     check: Check | None = None
     choices: tuple[str, ...] | None = None
     hint: str | None = None
@@ -92,6 +118,11 @@ SETTINGS: dict[str, Setting] = _settings(
     Setting("testing_percentage", float, 10.0, "percentage of images used as the test set", "data", _percentage),
     Setting("validation_percentage", float, 10.0, "percentage of images used as the validation set", "data",
             _percentage),
+    Setting("exclude_from", str, None, "train without the images a doctor.json flags: doctor.json, or "
+            "doctor.json:kind,kind (label_issues, exact_duplicates, near_duplicates, leaks, outliers, image_issues)",
+            "data", hint="write one with: headstart doctor --image_dir DIR --output_dir D"),
+    Setting("doctor", bool, False, "also run the data doctor and put its summary in report.html and metrics.json",
+            "run"),
     Setting("output_dir", Path, None, "run directory to write (default: runs/<timestamp>)", "output"),
     Setting("output_labels", Path, None, "also write the labels file here (as retrain.py did)", "output"),
     Setting("bottleneck_dir", Path, None,
@@ -148,7 +179,7 @@ SETTINGS: dict[str, Setting] = _settings(
     # Fine-tuning (headstart.finetune): defaults measured in docs/PERFORMANCE.md, "Fine-tuning the top stages".
     Setting("fine_tune_blocks", blocks_value, 0, "also train the top N stages of the backbone from their cached input "
             "maps (0: the last layer only; all: the whole network, from images)", "fine_tune", _blocks),
-    Setting("fine_tune_epochs", int, 6, "passes over the training images when fine-tuning (early stopping on "
+    Setting("fine_tune_epochs", int, 4, "passes over the training images when fine-tuning (early stopping on "
             "validation loss keeps the best)", "fine_tune", _at_least(1)),
     Setting("fine_tune_learning_rate", float, 0.001, "peak AdamW learning rate of the classifier when fine-tuning; "
             "the pretrained stages learn at a tenth of it", "fine_tune", _positive_real),
@@ -159,6 +190,18 @@ SETTINGS: dict[str, Setting] = _settings(
     Setting("decode", str, "auto", "how images are decoded: threads, worker processes, or on the GPU with nvJPEG "
             "(auto: threads on CPUs, processes next to a GPU)", "run", choices=DECODE_MODES),
     Setting("workers", int, None, "image decoding threads (default: one per core)", "run", _at_least(1)),
+    # Scale-out (headstart.distributed, headstart.stream_head; docs/SCALE.md).
+    Setting("ray", str, None, "compute bottlenecks on a Ray cluster: auto (the running one), local (start one "
+            "here) or ray://HOST:10001", "scale", _ray_address, hint="e.g. --ray auto; see docs/SCALE.md"),
+    Setting("ray_actors", int, None, "backbone actors in the Ray pool (default: as many as the cluster holds: "
+            "one per node, or per --ray_cpus_per_actor cores, or per --ray_gpus_per_actor GPUs)", "scale",
+            _at_least(1)),
+    Setting("ray_gpus_per_actor", float, 0.0, "GPUs each Ray actor holds (0: CPU actors on OpenVINO or ONNX "
+            "Runtime; 1: one GPU each, CUDA)", "scale", _non_negative_real),
+    Setting("ray_cpus_per_actor", float, None, "CPU cores each Ray actor holds and runs the network on (default: "
+            "a whole node per CPU actor, one core per GPU actor)", "scale", _positive_real),
+    Setting("max_memory", memory_value, None, "train the head by streaming vectors from disk when they would "
+            "need more memory than this (default: half of this machine's RAM)", "scale", _memory),
     Setting("strict", bool, False, "fail instead of skipping unusable images", "run"),
     Setting("progress", bool, True, "show progress bars", "run"),
     Setting("write_report", bool, True, "write report.html", "run"),
@@ -190,6 +233,8 @@ class RetrainConfig:
     """Every knob of a retrain run (see :data:`SETTINGS` for what each does)."""
 
     image_dir: Path
+    exclude_from: str | None = _field("exclude_from")
+    doctor: bool = _field("doctor")
     output_dir: Path | None = _field("output_dir")
     output_labels: Path | None = _field("output_labels")
     bottleneck_dir: Path | None = _field("bottleneck_dir")
@@ -228,6 +273,11 @@ class RetrainConfig:
     extraction_batch_size: int = _field("extraction_batch_size")
     decode: str = _field("decode")
     workers: int | None = _field("workers")
+    ray: str | None = _field("ray")
+    ray_actors: int | None = _field("ray_actors")
+    ray_gpus_per_actor: float = _field("ray_gpus_per_actor")
+    ray_cpus_per_actor: float | None = _field("ray_cpus_per_actor")
+    max_memory: int | None = _field("max_memory")
     strict: bool = _field("strict")
     progress: bool = _field("progress")
     write_report: bool = _field("write_report")
@@ -256,7 +306,15 @@ class RetrainConfig:
     def extraction_params(self) -> dict[str, Any]:
         """Keyword arguments of :func:`~headstart.features.compute_bottlenecks` that this run sets."""
         return {"runtime": self.runtime, "precision": self.precision, "batch_size": self.extraction_batch_size,
-                "workers": self.workers, "progress": self.progress, "decode": self.decode}
+                "workers": self.workers, "progress": self.progress, "decode": self.decode, "ray": self.ray_settings()}
+
+    def ray_settings(self) -> Any:
+        """A :class:`headstart.distributed.RaySettings` with ``--ray``, else None (extraction stays local)."""
+        if self.ray is None:
+            return None
+        from .distributed import RaySettings
+
+        return RaySettings(self.ray, self.ray_actors, float(self.ray_gpus_per_actor), self.ray_cpus_per_actor)
 
 
 CONFIG_FIELDS = tuple(f.name for f in fields(RetrainConfig))
@@ -288,6 +346,10 @@ def check_config(config: RetrainConfig, *, need_image_dir: bool = True) -> None:
         from .runtimes import resolve_runtime
 
         require_gpu_decode(resolve_runtime(config.runtime, config.precision).runtime)
+    if config.ray is not None:  # a missing [ray] extra is said before any image is read
+        from .distributed import import_ray
+
+        import_ray()
     if need_image_dir:
         check_existing_dir(config.image_dir, "--image_dir")
     if config.weights is not None and not Path(config.weights).expanduser().is_file():

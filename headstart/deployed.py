@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError
-from .sidecar import METADATA_KEY, SIDECAR_FORMAT, SIDECAR_VERSION, ExportDescription, read_description, sidecar_path
+from .sidecar import ExportDescription, read_description, sidecar_path
 
 log = logging.getLogger("headstart")
 
@@ -89,5 +89,5 @@ def load_model(path: str | Path, *, runtime: str = "auto", precision: str = "aut
     return DeployedModel(path, runtime=runtime, precision=precision, threads=threads)
 
 
-__all__ = ["ModelInfo", "DeployedModel", "load_model", "read_model_info", "is_exported_model",
+__all__ = ["DeployedModel", "ModelInfo", "is_exported_model", "load_model", "read_model_info",
            "resolve_deployed_runtime", "sidecar_path"]

@@ -25,13 +25,13 @@ import numpy as np
 
 from .backbones import Backbone, resolve_backbone
 from .cache import BottleneckCache
+from .config import EXPERIMENT_EVAL_STEP_INTERVAL, SETTINGS, SWEEPABLE, RetrainConfig, check_config
 from .data import ImageRecord
 from .errors import UsageError
 from .features import compute_bottlenecks
 from .head import SoftmaxHead
 from .metrics import Evaluation, evaluate
 from .runtimes import RuntimeChoice, resolve_runtime
-from .config import EXPERIMENT_EVAL_STEP_INTERVAL, SETTINGS, SWEEPABLE, RetrainConfig, check_config
 from .train import build_head, split_bottlenecks
 
 log = logging.getLogger("headstart")
@@ -236,8 +236,8 @@ def sweep(image_dir: str | Path, grid: Mapping[str, Sequence[Any]], *, repeats: 
     cells = list(itertools.product(*(grid[n] for n in names)))
     log.info("sweep: %d cells x %d repeats on %d training bottlenecks", len(cells), repeats, len(features.y_train))
     rows = []
-    for number, values in enumerate(cells, 1):
-        cell = dict(zip(names, values))
+    for number, cell_values in enumerate(cells, 1):
+        cell = dict(zip(names, cell_values))
         fits = [_fit_and_score(replace(base, **cell, seed=base.seed + r), features, features.x_train,
                                features.y_train) for r in range(repeats)]
         row: dict[str, Any] = {k: getattr(base, k) for k in SWEEPABLE}
@@ -464,6 +464,6 @@ def compare(image_dir: str | Path, backbones: Sequence[str], *, measure_speed: b
     return CompareResult(tuple(rows), training, time.perf_counter() - start)
 
 
-__all__ = ["FeatureSet", "SweepResult", "CurveResult", "CompareResult", "ModelCost", "SWEEPABLE", "training_config",
-           "load_features", "describe_features", "best_validation_step", "check_grid", "sweep", "parse_sizes",
-           "sample_per_class", "curve", "measure_backbone", "compare"]
+__all__ = ["SWEEPABLE", "CompareResult", "CurveResult", "FeatureSet", "ModelCost", "SweepResult",
+           "best_validation_step", "check_grid", "compare", "curve", "describe_features", "load_features",
+           "measure_backbone", "parse_sizes", "sample_per_class", "sweep", "training_config"]

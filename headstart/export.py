@@ -34,9 +34,9 @@ import numpy as np
 
 from .bundle import HEAD_NAME, Bundle, load_bundle
 from .data import ImageRecord, Preprocessing, index_image_dir
-from .sidecar import OOD_OUTPUT_NAME, ExportDescription, sidecar_path, write_sidecar
 from .errors import DataError, ModelError, UsageError
-from .runtimes import Runner, RuntimeChoice, create_session_runner
+from .runtimes import Runner, RuntimeChoice
+from .sidecar import OOD_OUTPUT_NAME, ExportDescription, sidecar_path, write_sidecar
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -284,14 +284,13 @@ def quantize_int8(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, batch_
     """
     import onnx
     import onnxruntime
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
-        quantize_static
+    from onnxruntime import quantization as ortq
 
     if len(calibration) == 0:
         raise DataError("int8 needs calibration images and none could be read",
                         hint="export from a run whose training images still exist")
 
-    class Reader(CalibrationDataReader):
+    class Reader(ortq.CalibrationDataReader):
         def __init__(self) -> None:
             self._batches = iter([calibration[i:i + batch_size] for i in range(0, len(calibration), batch_size)])
 
@@ -306,10 +305,11 @@ def quantize_int8(fp32_onnx: Path, out: Path, calibration: np.ndarray, *, batch_
     tail = [node.name for node in graph.node[last_conv + 1:] if node.name]
     with tempfile.TemporaryDirectory(prefix="headstart-quant-") as tmp:
         log.info("calibrating int8 on %d training images", len(calibration))
-        quantize_static(str(fp32_onnx), str(Path(tmp) / "int8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=tail,
-                        extra_options={"ActivationSymmetric": True})
+        ortq.quantize_static(str(fp32_onnx), str(Path(tmp) / "int8.onnx"), Reader(),
+                             quant_format=ortq.QuantFormat.QDQ, per_channel=True,
+                             activation_type=ortq.QuantType.QInt8, weight_type=ortq.QuantType.QInt8,
+                             calibrate_method=ortq.CalibrationMethod.MinMax, nodes_to_exclude=tail,
+                             extra_options={"ActivationSymmetric": True})
         shutil.move(str(Path(tmp) / "int8.onnx"), out)
     return out
 

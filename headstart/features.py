@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -181,7 +182,8 @@ def compute_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cach
                         runtime: str | RuntimeChoice = "auto", precision: str = "auto",
                         batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
                         progress: bool = True, runner: Runner | None = None,
-                        decode: str = "auto", distortion: Distortion | None = None) -> Bottlenecks:
+                        decode: str = "auto", distortion: Distortion | None = None,
+                        ray: Any = None) -> Bottlenecks:
     """Bottleneck vectors for ``records``: cached ones read, the rest computed and cached.
 
     The network is only built when at least one image misses the cache.
@@ -190,6 +192,11 @@ def compute_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cach
     ``"auto"`` (:func:`resolve_decode_mode`).  With an active ``distortion``
     the vectors are those of each image's distorted copy, cached under their own key.
     """
+    if ray is not None:  # a headstart.distributed.RaySettings: the misses are computed on a Ray cluster
+        from .distributed import compute_bottlenecks_on_ray
+
+        return compute_bottlenecks_on_ray(records, backbone, cache, ray, runtime=runtime, precision=precision,
+                                          batch_size=batch_size, progress=progress, distortion=distortion)
     start = time.perf_counter()
     choice = runtime if isinstance(runtime, RuntimeChoice) else resolve_runtime(runtime, precision)
     decode = resolve_decode_mode(decode, choice)

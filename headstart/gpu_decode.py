@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -177,7 +177,7 @@ def assemble_batch(items: Sequence[Item], prep: Preprocessing, rows: int, device
             groups.setdefault(geometry, []).append((position, image))
         for geometry, members in groups.items():
             area = geometry.source[0] * geometry.source[1]
-            for chunk in _chunks(members, lambda m: area, _GROUP_PIXELS):
+            for chunk in _chunks(members, lambda m: area, _GROUP_PIXELS):  # noqa: B023 - _chunks calls it at once
                 if route == "nvjpeg":
                     stacked = torch.stack([image for _, image in chunk])
                 else:  # full-size pixels from the readers: one host-to-device copy per chunk
@@ -201,7 +201,8 @@ def assemble_batch(items: Sequence[Item], prep: Preprocessing, rows: int, device
     resize([(it.position, it.pixels, it.orientation) for it in items if it.route == "pixels"], "pixels")
     finished = [it for it in items if it.route == "done"]
     if finished:
-        images = torch.from_numpy(np.stack([it.pixels for it in finished])).to(device)
+        # route "done" means cpu_decode set the pixels
+        images = torch.from_numpy(np.stack([cast(np.ndarray, it.pixels) for it in finished])).to(device)
         resized.append(([it.position for it in finished], images))
 
     usable = [it for it in items if it.route != "skip"]
@@ -331,11 +332,11 @@ def run_gpu_pipeline(paths: Sequence[str | Path], prep: Preprocessing, module: C
                     return
                 arena.reset()
                 span = range(first, min(first + batch_size, len(paths)))
-                items = list(pool.map(lambda i: read_item(Path(paths[i]), i, prep, max_pixels, arena), span))
+                items = list(pool.map(lambda i, a=arena: read_item(Path(paths[i]), i, prep, max_pixels, a), span))
                 if not _put(host_q, (items, arena), stop):
                     return
             _put(host_q, _DONE, stop)
-        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread, which raises it
+        except BaseException as exc:  # handed to the calling thread, which raises it
             _put(host_q, _Failure(exc), stop)
 
     def decode_stage() -> None:
@@ -356,7 +357,7 @@ def run_gpu_pipeline(paths: Sequence[str | Path], prep: Preprocessing, module: C
                         ready.record(stream)
                     if not _put(dev_q, (batch, ready), stop):
                         return
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:  # handed to the calling thread, which raises it
             _put(dev_q, _Failure(exc), stop)
 
     threads = [threading.Thread(target=read_stage, name="headstart-gpu-read", daemon=True),
@@ -393,7 +394,7 @@ def run_gpu_pipeline(paths: Sequence[str | Path], prep: Preprocessing, module: C
                     continue
                 slot = counts["batches"] % 2
                 counts["batches"] += 1
-                if not cuda:
+                if net_stream is None:  # not cuda: no streams
                     deliver((list(batch.positions), module(batch.images).float(), None, n))
                     continue
                 net_stream.wait_event(ready)

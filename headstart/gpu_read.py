@@ -15,7 +15,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -47,7 +47,7 @@ class JpegHeader:
 
 def _exif_orientation(tiff: bytes) -> int | None:
     """Tag 0x0112 of IFD0 (0 when absent), ``None`` for anything unusual."""
-    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    order: Literal["little", "big"] | None = {b"II": "little", b"MM": "big"}.get(tiff[:2])  # type: ignore[assignment]
     if order is None or len(tiff) < 8 or int.from_bytes(tiff[2:4], order) != 42:
         return None
     ifd = int.from_bytes(tiff[4:8], order)
@@ -66,7 +66,7 @@ def _exif_orientation(tiff: bytes) -> int | None:
 def read_jpeg_header(data: bytes | memoryview | np.ndarray) -> JpegHeader | None:
     """Parse a JPEG's markers up to its frame header; ``None`` if it is not a
     JPEG or its markers are broken (the CPU decoder then decides)."""
-    mv = memoryview(data).cast("B") if not isinstance(data, memoryview) else data
+    mv = memoryview(data).cast("B") if not isinstance(data, memoryview) else data  # type: ignore[arg-type]  # ndarray
     n = len(mv)
     if n < 4 or mv[0] != 0xFF or mv[1] != 0xD8:
         return None
@@ -154,7 +154,7 @@ class Item:
     (full-size RGB in ``pixels`` for the device's geometry), ``done`` (the CPU
     decoder's final image in ``pixels``) or ``skip`` (``reason``)."""
 
-    __slots__ = ("position", "route", "name", "payload", "area", "pixels", "orientation", "reason")
+    __slots__ = ("area", "name", "orientation", "payload", "pixels", "position", "reason", "route")
 
     def __init__(self, position: int, route: str, name: str) -> None:
         self.position, self.route, self.name = position, route, name
@@ -196,11 +196,11 @@ def _png_pixels(payload: np.ndarray, max_pixels: int) -> tuple[np.ndarray, int] 
             img.load()
             try:
                 orientation = img.getexif().get(0x0112, 1)
-            except Exception:  # noqa: BLE001 - unreadable EXIF counts as upright, as on the CPU
+            except Exception:  # unreadable EXIF counts as upright, as on the CPU
                 orientation = 1
             rgb = img.convert("RGB") if img.mode == "L" else img
             return np.asarray(rgb, dtype=np.uint8), orientation if isinstance(orientation, int) else 1
-    except Exception:  # noqa: BLE001 - anything odd: the CPU decoder decides and says why
+    except Exception:  # anything odd: the CPU decoder decides and says why
         return None
 
 
@@ -211,7 +211,7 @@ def _read_file(path: Path, arena: Arena | None) -> tuple[Any, np.ndarray] | None
         size = os.fstat(handle.fileno()).st_size
         slot = arena.take(size) if arena is not None and size > 0 else None
         tensor, array = slot if slot is not None else (None, np.frombuffer(bytearray(size), dtype=np.uint8))
-        view, got = memoryview(array), 0
+        view, got = memoryview(array), 0  # type: ignore[arg-type]  # numpy stubs: ndarray is a buffer
         while got < size:
             count = handle.readinto(view[got:])
             if not count:

@@ -38,9 +38,9 @@ import numpy as np
 
 from headstart.checks import is_int as _is_int
 from headstart.errors import ModelError
-from headstart.head_math import (Weights, _accuracy_and_cross_entropy, _as_features, _as_labels,
-                                 _check_label_range, _ClassBalancedSampler, _UniformSampler, _init_weights, _jsonable, _log_softmax,
-                                 _logits, _loss_and_grads, _Optimizer, _single_blas_thread)
+from headstart.head_math import (Weights, _accuracy_and_cross_entropy, _as_features, _as_labels, _check_label_range,
+                                 _ClassBalancedSampler, _init_weights, _jsonable, _log_softmax, _logits,
+                                 _loss_and_grads, _Optimizer, _single_blas_thread, _UniformSampler)
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ class SoftmaxHead:
         """
         start = time.perf_counter()
         self._check_params()
-        X = _as_features(X, "X")
+        X = self._training_features(X)
         y = _as_labels(y, "y", len(X))
         if len(X) == 0:
             raise ValueError("X has no rows: need training examples")
@@ -236,6 +236,10 @@ class SoftmaxHead:
         self.fit_seconds_ = time.perf_counter() - start
         log.debug("SoftmaxHead.fit: %d steps in %.3fs", self.n_steps_run_, self.fit_seconds_)
         return self
+
+    def _training_features(self, X: Any) -> np.ndarray:
+        """Checked float32 rows; headstart.stream_head.StreamingHead also takes rows on disk, read per batch."""
+        return _as_features(X, "X")
 
     def _train(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None,
                n_classes: int, callback: Callable[[TrainStep], None] | None,
@@ -399,7 +403,7 @@ class SoftmaxHead:
         """
         self._check_fitted()
         tensors = {k: v.copy() for k, v in self.weights_.items()}
-        if self.feature_mean_ is not None:
+        if self.feature_mean_ is not None and self.feature_std_ is not None:
             tensors["standardize.mean"] = self.feature_mean_.copy()
             tensors["standardize.std"] = self.feature_std_.copy()
         hidden = int(self.weights_["hidden.bias"].shape[0]) if "hidden.bias" in self.weights_ else 0

@@ -8,19 +8,20 @@ usually evaluated again.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .backbones import DEFAULT_BACKBONE
 from .config import check_existing_dir
 from .data import ImageRecord, SkippedImage, find_images, index_image_dir
+from .errors import ModelError, UsageError
 from .metrics import Evaluation, Misclassified, find_misclassified
 from .metrics import evaluate as evaluate_predictions
-from .errors import ModelError
-from .model import Classifier, Prediction, load_model
+from .model import Classifier, Prediction, RunClassifier, load_model
 from .model import top_k as top_labels
 
 
@@ -102,7 +103,7 @@ class EvaluateResult:
     skipped: tuple[SkippedImage, ...]
     unknown: UnknownShare | None  # the share of these labelled images answered "unknown"
 
-    def __iter__(self):  # noqa: ANN204 - tuple-style unpacking
+    def __iter__(self) -> Iterator[Any]:  # tuple-style unpacking
         return iter((self.evaluation, self.misclassified, self.skipped))
 
 
@@ -113,15 +114,46 @@ def _share(classifier: Classifier, ood: np.ndarray | None) -> UnknownShare | Non
     return UnknownShare(int(len(flags)), int(flags.sum()), classifier.threshold)
 
 
+def fill_on_ray(classifier: Classifier, records: Sequence[ImageRecord], bottleneck_dir: str | Path | None,
+                ray: Any, progress: bool) -> None:
+    """Compute the missing bottlenecks on a Ray cluster first (``--ray``); the model then finds them cached."""
+    if not isinstance(classifier, RunClassifier):
+        raise UsageError("--ray needs a run directory: an exported model file runs on this machine only",
+                         hint="pass the run directory written by 'headstart retrain' as --model")
+    from .cache import BottleneckCache
+    from .distributed import fill_cache_on_ray
+
+    with BottleneckCache(bottleneck_dir) as cache:
+        fill_cache_on_ray(records, classifier.backbone, cache, ray, runtime=classifier.choice, progress=progress)
+
+
+def _hashed_records(paths: Sequence[Path]) -> list[ImageRecord]:
+    """Records for loose files; an unreadable one is left to the local pass, which says why it is skipped."""
+    from .data import sha256_file
+
+    records = []
+    for path in paths:
+        try:
+            records.append(ImageRecord(path, path.name, "", "testing", sha256_file(path)))
+        except OSError:
+            continue
+    return records
+
+
 def evaluate(model: str | Path, image_dir: str | Path, *, bottleneck_dir: str | Path | None = None,
              runtime: str = "auto", precision: str = "auto", weights: str | Path | None = None,
-             progress: bool = True) -> EvaluateResult:
-    """The test metrics of a saved model on another labelled folder (folders matched to labels by name)."""
+             progress: bool = True, ray: Any = None) -> EvaluateResult:
+    """The test metrics of a saved model on another labelled folder (folders matched to labels by name).
+
+    ``ray`` (a :class:`headstart.distributed.RaySettings`) computes the bottlenecks on a Ray cluster.
+    """
     check_existing_dir(image_dir, "--image_dir")
     with load_model(model, runtime=runtime, precision=precision, weights=weights, bottleneck_dir=bottleneck_dir,
                     use_cache=True) as classifier:
         labels = classifier.labels
         index = index_image_dir(image_dir, 0, 100, labels=labels, require_training=False)
+        if ray is not None:
+            fill_on_ray(classifier, index.records, bottleneck_dir, ray, progress)
         records, proba, ood, failed = classifier.score_records(index.records, progress=progress)
         unknown = _share(classifier, ood)
     y = np.array([labels.index(r.label) for r in records], dtype=np.int64)
@@ -132,12 +164,14 @@ def evaluate(model: str | Path, image_dir: str | Path, *, bottleneck_dir: str | 
 
 def evaluate_unknown(model: str | Path, unknown_dir: str | Path, *, bottleneck_dir: str | Path | None = None,
                      runtime: str = "auto", precision: str = "auto", weights: str | Path | None = None,
-                     progress: bool = True) -> tuple[UnknownShare, tuple[SkippedImage, ...]]:
+                     progress: bool = True, ray: Any = None) -> tuple[UnknownShare, tuple[SkippedImage, ...]]:
     """How many images of none of the model's classes (any folder of images) it rejects as "unknown"."""
     check_existing_dir(unknown_dir, "--unknown_dir")
     paths = find_images([unknown_dir])
     with load_model(model, runtime=runtime, precision=precision, weights=weights, bottleneck_dir=bottleneck_dir,
                     use_cache=True) as classifier:
+        if ray is not None:
+            fill_on_ray(classifier, _hashed_records(paths), bottleneck_dir, ray, progress)
         predictions, skipped = classifier.predict_files(paths, top_k=1, progress=progress)
         if not classifier.has_novelty:
             raise ModelError(f"{model} has no novelty score, so it never answers 'unknown'",
@@ -146,5 +180,5 @@ def evaluate_unknown(model: str | Path, unknown_dir: str | Path, *, bottleneck_d
     return share, tuple(skipped)
 
 
-__all__ = ["LabelResult", "Misclassified", "EvaluateResult", "UnknownShare", "label", "label_imagenet", "evaluate",
-           "evaluate_unknown", "find_misclassified"]
+__all__ = ["EvaluateResult", "LabelResult", "Misclassified", "UnknownShare", "evaluate", "evaluate_unknown",
+           "find_misclassified", "label", "label_imagenet"]

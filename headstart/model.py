@@ -32,8 +32,8 @@ NOVELTY_PREFIX = "novelty."  # head.safetensors tensors that belong to the novel
 
 if TYPE_CHECKING:  # pragma: no cover
     from .backbones import Backbone
-    from .calibrate import NoveltyScore
     from .bundle import Bundle
+    from .calibrate import NoveltyScore
     from .head import SoftmaxHead
 
 log = logging.getLogger("headstart")
@@ -444,5 +444,5 @@ def load_model(path: str | Path, *, runtime: str = "auto", precision: str = "aut
                          bottleneck_dir=bottleneck_dir, use_cache=use_cache)
 
 
-__all__ = ["Classifier", "RunClassifier", "ExportedClassifier", "Prediction", "load_model", "top_k",
-           "resolve_model_backbone", "load_head", "runtime_for", "as_network_input"]
+__all__ = ["Classifier", "ExportedClassifier", "Prediction", "RunClassifier", "as_network_input", "load_head",
+           "load_model", "resolve_model_backbone", "runtime_for", "top_k"]

@@ -117,6 +117,25 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str]
     return _png(fig)
 
 
+@_quiet
+def plot_reliability(before: Sequence[Mapping[str, float]], after: Sequence[Mapping[str, float]],
+                     ece: tuple[float, float] | None = None) -> bytes | None:
+    """Reliability diagram: accuracy against confidence per bin, before and after temperature scaling."""
+    if not before and not after:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--", label="perfectly calibrated")
+    for rows, name, colour in ((before, "before", "#d62728"), (after, "after (temperature)", "#1f77b4")):
+        if rows:
+            ax.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], "o-", color=colour, ms=4,
+                    label=name)
+    ax.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="confidence (top probability)", ylabel="accuracy",
+           title="Reliability (test set)" + (f": ECE {ece[0]:.3f} -> {ece[1]:.3f}" if ece else ""))
+    ax.legend(loc="lower right", fontsize=8)
+    return _png(fig)
+
+
 def _axis_values(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[list[Any], bool]:
     values = sorted({r[key] for r in rows}, key=lambda v: (isinstance(v, str), v))
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
@@ -176,7 +195,7 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], swept: Sequence[str]) -> bytes
                 ax.set_xticks(range(len(xs)), labels=[str(x) for x in xs])
             ax.set(xlabel=x_key, ylabel=label)
             ax.grid(alpha=0.3)
-            if group_key or metric == "test_accuracy" and any(r.get("diverged") for r in rows):
+            if group_key or (metric == "test_accuracy" and any(r.get("diverged") for r in rows)):
                 ax.legend(fontsize=8)
     fig.tight_layout()
     return _png(fig)
@@ -225,5 +244,5 @@ def plot_compare(rows: Sequence[Mapping[str, Any]]) -> bytes | None:
     return _png(fig)
 
 
-__all__ = ["plot_training_curves", "plot_confusion_matrix", "plot_sweep", "plot_curve", "plot_compare",
-           "LOSS_FLOOR"]
+__all__ = ["LOSS_FLOOR", "plot_compare", "plot_confusion_matrix", "plot_curve", "plot_reliability", "plot_sweep",
+           "plot_training_curves"]

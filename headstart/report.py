@@ -21,8 +21,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from .plots import (LOSS_FLOOR, plot_compare, plot_confusion_matrix, plot_curve, plot_sweep,
-                    plot_training_curves)
+from .plots import (
+    LOSS_FLOOR,
+    plot_compare,
+    plot_confusion_matrix,
+    plot_curve,
+    plot_reliability,
+    plot_sweep,
+    plot_training_curves,
+)
 
 log = logging.getLogger("headstart")
 
@@ -106,7 +113,7 @@ def _section(title: str, body: str) -> str:
     return f"<section><h2>{_e(title)}</h2>{body}</section>"
 
 
-def _cards(items: Sequence[tuple[str, str] | tuple[str, str, str]]) -> str:
+def _cards(items: Sequence[tuple[str, ...]]) -> str:
     """Summary cards: a label, a big value and, optionally, a small note under it (such as N)."""
     cards = []
     for label, value, *note in items:
@@ -144,14 +151,14 @@ def thumbnail(path: Path, size: int = THUMBNAIL_PX) -> str | None:
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
+        with Image.open(path) as opened:
+            img = ImageOps.exif_transpose(opened)
             img.thumbnail((size, size))
             rgb = img.convert("RGB") if img.mode not in ("RGB", "L") else img
             buf = io.BytesIO()
             small = max(rgb.size) <= 64  # tiny images (Fashion-MNIST) stay sharp as PNG
             rgb.save(buf, "PNG" if small else "JPEG", **({} if small else {"quality": 85}))
-    except Exception as exc:  # noqa: BLE001 - moved, deleted or damaged files: show a placeholder
+    except Exception as exc:  # moved, deleted or damaged files: show a placeholder
         log.debug("no thumbnail for %s: %s", path, exc)
         return None
     return data_uri(buf.getvalue(), "image/png" if small else "image/jpeg")
@@ -262,6 +269,9 @@ def render_run_report(*, metrics: dict[str, Any], labels: Sequence[str], image_r
         supports = {label: int(m.get("support", 0)) for label, m in (test.get("per_class") or {}).items()}
         for note in small_sample_notes(test["n"], float(test["accuracy"]), supports):
             summary += f"<p class='note'>Warning: {_flags(note)}.</p>"
+    doctor = metrics.get("doctor") or {}
+    if doctor.get("summary"):
+        summary += f"<p class='note'>Data doctor: {_e(doctor['summary'])} (doctor.json in this folder).</p>"
     n_skipped = int(bottlenecks.get("skipped") or 0)
     if n_skipped:
         summary += (f"<p class='note'>{_e(n_skipped)} image{'' if n_skipped == 1 else 's'} skipped: listed "
@@ -270,6 +280,12 @@ def render_run_report(*, metrics: dict[str, Any], labels: Sequence[str], image_r
     class_rows, weak, empty_note = _class_rows(test)
     curves = plot_training_curves(history)
     confusion = plot_confusion_matrix(test.get("confusion_matrix") or [], test.get("labels") or list(labels))
+    calibration = metrics.get("calibration") or {}
+    reliability = plot_reliability(calibration.get("reliability_before") or [],
+                                   calibration.get("reliability_after") or [],
+                                   (calibration["ece_before"], calibration["ece_after"])
+                                   if calibration.get("ece_before") is not None else None)
+    unknown = metrics.get("unknown") or {}
     final = training.get("final") or {}
     train_text = (f"{training.get('steps_run', '?')} steps on {training.get('n', '?')} training images"
                   + (f"; final training cross entropy {_num(final.get('cross_entropy'))}" if final else ""))
@@ -287,6 +303,13 @@ def render_run_report(*, metrics: dict[str, Any], labels: Sequence[str], image_r
                                    "the training batch and on validation images.", "training curves")),
         _section("Confusion matrix", _figure(confusion, "Rows are true classes, columns predicted classes; "
                                                         "colour is the share of the row.", "confusion matrix")),
+        _section("Confidence", _figure(reliability, "Accuracy against confidence in bins of the test images, "
+                                                    f"before and after dividing the logits by the temperature "
+                                                    f"{_num(calibration.get('temperature'))} fitted on the "
+                                                    "validation split.", "reliability diagram")
+                 + (f"<p class='sub'>The 'unknown' answer accepts {_pct(unknown.get('accepted'))} of the test "
+                    f"images (its threshold was set to accept {_pct(unknown.get('accept'))} of the validation "
+                    "images).</p>" if unknown.get("accepted") is not None else "")),
         _section("Per-class precision, recall and F1 (test set)",
                  _table(["class", "precision", "recall", "F1", "support"], class_rows, bad=weak)
                  + (f"<p class='sub'>{_e(empty_note)}.</p>" if empty_note else "")),
@@ -408,6 +431,6 @@ def rebuild_run_report(run_dir: str | Path, *, image_root: str | Path | None = N
     return out
 
 
-__all__ = ["render_run_report", "render_sweep_report", "render_curve_report", "render_compare_report",
-           "rebuild_run_report", "plot_training_curves", "plot_confusion_matrix", "plot_sweep", "plot_curve",
-           "plot_compare", "thumbnail", "data_uri"]
+__all__ = ["data_uri", "plot_compare", "plot_confusion_matrix", "plot_curve", "plot_sweep", "plot_training_curves",
+           "rebuild_run_report", "render_compare_report", "render_curve_report", "render_run_report",
+           "render_sweep_report", "thumbnail"]

@@ -101,7 +101,7 @@ class ExportDescription:
         labels = data.get("labels")
         if not isinstance(labels, list) or len(labels) < 2 or not all(isinstance(x, str) for x in labels):
             raise ModelError(f"{where}: labels are missing or malformed", hint="export the model again")
-        prep = data.get("preprocessing")
+        prep: Any = data.get("preprocessing")
         try:
             preprocessing = Preprocessing.from_dict({k: prep[k] for k in _PREP_FIELDS})
         except (TypeError, KeyError, ValueError) as exc:
@@ -175,5 +175,5 @@ def read_description(path: str | Path) -> ExportDescription:
                      hint="copy the .json file written by 'headstart export' next to the model")
 
 
-__all__ = ["ExportDescription", "read_description", "write_sidecar", "sidecar_path", "SIDECAR_FORMAT",
-           "SIDECAR_VERSION", "METADATA_KEY", "OUTPUT_NAME", "OOD_OUTPUT_NAME", "INPUT_NAME"]
+__all__ = ["INPUT_NAME", "METADATA_KEY", "OOD_OUTPUT_NAME", "OUTPUT_NAME", "SIDECAR_FORMAT", "SIDECAR_VERSION",
+           "ExportDescription", "read_description", "sidecar_path", "write_sidecar"]

@@ -13,7 +13,7 @@ import io
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +24,14 @@ from .bundle import BackboneRecord, DataRecord, default_run_dir, save_bundle
 from .cache import BottleneckCache
 from .calibrate import calibrate_head, calibration_report
 from .config import RETRAIN_PY_RECIPE, RetrainConfig, check_config
-from .data import ImageRecord, SkippedImage, index_image_dir
-from .errors import DataError
+from .data import ImageIndex, ImageRecord, SkippedImage, index_image_dir
+from .errors import DataError, UsageError
 from .features import Bottlenecks, compute_bottlenecks
 from .head import SoftmaxHead, TrainStep
 from .metrics import Evaluation, Misclassified, find_misclassified, learning_rate_warning
 from .metrics import evaluate as evaluate_predictions
 from .runtimes import RuntimeChoice
+from .stream_head import StreamingHead, calibrate_streaming, extract_to_stores, needs_streaming
 
 log = logging.getLogger("headstart")
 
@@ -76,6 +77,34 @@ def _relative(path: Path, root: Path) -> str:
         return Path(path).relative_to(root).as_posix()
     except ValueError:
         return str(path)
+
+
+def index_training_folder(config: RetrainConfig) -> ImageIndex:
+    """retrain's index and split of ``image_dir``, less the images ``--exclude_from`` names."""
+    index = index_image_dir(config.image_dir, config.validation_percentage, config.testing_percentage)
+    if not config.exclude_from:
+        return index
+    from .doctor import load_exclusions
+
+    where, _, kinds = config.exclude_from.partition(":")
+    excluded = load_exclusions(where, [k for k in kinds.split(",") if k] or None)
+    kept = tuple(r for r in index.records if r.relpath not in excluded)
+    log.info("excluding %d of %d images flagged in %s", len(index.records) - len(kept), len(index.records), where)
+    return replace(index, records=kept)
+
+
+def run_doctor(config: RetrainConfig) -> tuple[str, dict[str, Any]]:
+    """``--doctor``: the data doctor on the same folder, split and cache; doctor.json and its summary."""
+    import json
+
+    from .doctor import doctor, summary_line
+
+    report = doctor(config.image_dir, bottleneck_dir=config.bottleneck_dir, backbone=config.backbone,
+                    weights=config.weights, crop_pct=config.crop_pct, runtime=config.runtime,
+                    precision=config.precision, validation_percentage=config.validation_percentage,
+                    testing_percentage=config.testing_percentage, workers=config.workers, seed=config.seed)
+    summary = {"summary": summary_line(report), **report.summary()}
+    return json.dumps(report.to_dict(), indent=2, default=str) + "\n", summary
 
 
 IMBALANCE_WARNING_RATIO = 5.0
@@ -165,10 +194,16 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
         from .finetune_run import fine_tune_retrain
 
         return fine_tune_retrain(config, on_step)
-    index = index_image_dir(config.image_dir, config.validation_percentage, config.testing_percentage)
+    index = index_training_folder(config)
     backbone = resolve_backbone(config.backbone, config.weights, crop_pct=config.crop_pct)
+    # Past --max_memory the vectors go to stores on disk and the head reads a batch at a time (stream_head).
+    streaming = needs_streaming(len(index.records), backbone.num_features, config.max_memory)
+    if streaming and config.distortion().active:
+        raise UsageError("distortions need the training vectors in memory, and these exceed --max_memory",
+                         hint="raise --max_memory, or drop the distortion flags")
     with open_cache(config.bottleneck_dir) as cache:
-        bottlenecks = extract_bottlenecks(index.records, backbone, cache, config)
+        bottlenecks = (extract_to_stores(index.records, backbone, cache, config) if streaming
+                       else extract_bottlenecks(index.records, backbone, cache, config))
     skipped = tuple(index.skipped) + bottlenecks.skipped
     if skipped and config.strict:
         # Name every one, so one run finds them all.
@@ -192,7 +227,8 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
 
     warn_if_imbalanced(index.labels, y_train, config.class_weights)
     train_start = time.perf_counter()
-    head = build_head(config, len(index.labels))
+    head = (StreamingHead(n_classes=len(index.labels), **config.head_params()) if streaming
+            else build_head(config, len(index.labels)))
     head.fit(x_train, y_train, x_val if len(y_val) else None, y_val if len(y_val) else None, callback=on_step)
     train_s = time.perf_counter() - train_start
     # Divergence is the head's one warning line; a rate that is too high but stays finite is ours.
@@ -201,7 +237,8 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
     if lr_warning:
         log.warning("%s", lr_warning)
 
-    novelty = calibrate_head(head, x_train, y_train, x_val, y_val, config.unknown_accept)
+    novelty = (calibrate_streaming if streaming else calibrate_head)(head, x_train, y_train, x_val, y_val,
+                                                                      config.unknown_accept)
 
     test_records, x_test, y_test = splits["testing"]
     chosen = _sample_test(len(y_test), config.test_batch_size, config.seed)
@@ -217,7 +254,7 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
         "test": test.to_dict(),
         "validation": {"accuracy": val_acc, "n": int(len(y_val))},
         "training": {"n": int(len(y_train)), "final": asdict(head.history_[-1]) if head.history_ else None,
-                     "diverged": bool(head.diverged_), "steps_run": int(head.n_steps_run_),
+                     "diverged": bool(head.diverged_), "steps_run": int(head.n_steps_run_), "streamed": streaming,
                      **({"warning": lr_warning} if lr_warning else {})},
         "timing": timing,
         "bottlenecks": {"computed": bottlenecks.computed, "cached": bottlenecks.cached, "skipped": len(skipped)},
@@ -240,6 +277,9 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
         extra["skipped.csv"] = skipped_csv(skipped)
     # One measurement for metrics.json, the report and the command's "Total time" (writing them is not in it).
     timing["total_s"] = round(time.perf_counter() - start, 3)
+    if config.doctor:
+        doctor_json, metrics["doctor"] = run_doctor(config)
+        extra["doctor.json"] = doctor_json
     if config.write_report:
         from .report import render_run_report
 
@@ -256,5 +296,5 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
                          misclassified, tuple(head.history_), skipped, bool(head.diverged_), metrics)
 
 
-__all__ = ["RetrainConfig", "RetrainResult", "Misclassified", "retrain", "RETRAIN_PY_RECIPE", "split_bottlenecks",
-           "find_misclassified", "build_head"]
+__all__ = ["RETRAIN_PY_RECIPE", "Misclassified", "RetrainConfig", "RetrainResult", "build_head", "find_misclassified",
+           "retrain", "split_bottlenecks"]

@@ -175,3 +175,15 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
     yield run
     logger.handlers[:], logger.propagate = saved[0], saved[1]
     logger.setLevel(saved[2])
+
+
+# ---------------------------------------------------------------- the fast tier
+# Exporting a model (ONNX, OpenVINO) and checking it against PyTorch takes tens of seconds,
+# so every test that needs an export belongs to the slow tier; `-m "not slow"` skips them.
+_SLOW_FIXTURES = {"exported_onnx", "exported_ir"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

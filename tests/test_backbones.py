@@ -16,6 +16,7 @@ from headstart.errors import ModelError, OfflineError, UsageError
 
 
 @pytest.mark.parametrize("index", [0, 1, 2])
+@pytest.mark.slow
 def test_packaged_weights_map_one_to_one_onto_timm(index: int) -> None:
     import timm
     import torch

@@ -52,6 +52,7 @@ def _fastest() -> str:
     return resolve_runtime().key
 
 
+@pytest.mark.slow
 def test_bench_extract_measures_ceiling_end_to_end_and_ratio(photo_dir, shared_cache_dir):
     result = bench_extract(photo_dir, ceilings=[_fastest()], seconds=0.2, batch_size=4,
                            model_dir=shared_cache_dir / "models")
@@ -70,6 +71,7 @@ def test_bench_extract_measures_ceiling_end_to_end_and_ratio(photo_dir, shared_c
     assert "Ratio end-to-end / best ceiling" in text and "<- best" in text
 
 
+@pytest.mark.slow
 def test_bench_extract_adds_the_end_to_end_runtime_to_the_ceilings(photo_dir, shared_cache_dir):
     result = bench_extract(photo_dir, runtime="onnxruntime", ceilings=["openvino-fp32"], seconds=0.1,
                            batch_size=6, limit=6, decode="processes", workers=2,

@@ -61,6 +61,7 @@ def test_debug_env_shows_the_traceback(tmp_path: Path) -> None:
     assert "Traceback" in result.stderr
 
 
+@pytest.mark.slow
 def test_retrain_label_evaluate_end_to_end(fashion_dir: Path, fashion_holdout_dir: Path, shared_cache_dir: Path,
                                           tmp_path: Path) -> None:
     run = tmp_path / "run"

@@ -56,6 +56,7 @@ def test_percentages_are_checked() -> None:
         Distortion(random_crop=150)
 
 
+@pytest.mark.slow
 def test_distorted_copies_are_cached_and_train_the_head(fashion_dir: Path, shared_cache_dir: Path,
                                                         tmp_path: Path) -> None:
     config = RetrainConfig(image_dir=fashion_dir, output_dir=tmp_path / "run", bottleneck_dir=shared_cache_dir,

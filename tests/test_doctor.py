@@ -346,6 +346,7 @@ def test_cli_bad_similarity_and_output_inside_data(cli, tmp_path: Path, fashion_
     assert not (fashion_dir / "report").exists()
 
 
+@pytest.mark.slow
 def test_cli_writes_report_and_prints_each_format(cli, tmp_path: Path, fashion_dir: Path,
                                                   shared_cache_dir: Path) -> None:
     out = tmp_path / "report"

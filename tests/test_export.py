@@ -140,6 +140,7 @@ def _moved_run(trained_run, tmp_path):
     return run
 
 
+@pytest.mark.slow
 def test_images_gone_says_so_and_image_dir_takes_over(trained_run, fashion_holdout_dir, tmp_path):
     run = _moved_run(trained_run, tmp_path)
     with pytest.raises(DataError, match="gone") as info:
@@ -151,6 +152,7 @@ def test_images_gone_says_so_and_image_dir_takes_over(trained_run, fashion_holdo
     assert result.check.agreement >= 0.995
 
 
+@pytest.mark.slow
 def test_forced_export_without_images_records_that_it_was_not_checked(trained_run, tmp_path):
     run = _moved_run(trained_run, tmp_path)
     result = export_model(run, force=True, output=tmp_path / "unchecked.onnx", progress=False)
@@ -184,6 +186,7 @@ def test_int8_export_calibrated_on_the_run(trained_run, tmp_path):
     _assert_ordinary_modes([*result.files, result.sidecar])
 
 
+@pytest.mark.slow
 def test_cli_export_json(trained_run, tmp_path, capsys):
     from headstart.cli import main
 

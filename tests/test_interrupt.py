@@ -124,6 +124,7 @@ def n_images(images: Path) -> int:
 # --------------------------------------------------------------------------- killed and interrupted
 
 
+@pytest.mark.slow
 def test_sigkill_mid_extraction_then_resume_keeps_every_batch(images: Path, models_dir: Path, tmp_path: Path,
                                                               cli) -> None:
     cache, out = new_cache(tmp_path / "cache", models_dir), tmp_path / "runs" / "run"
@@ -143,6 +144,7 @@ def test_sigkill_mid_extraction_then_resume_keeps_every_batch(images: Path, mode
     assert load_bundle(out).labels == CLASSES
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_extraction_says_how_to_resume(images: Path, models_dir: Path, tmp_path: Path) -> None:
     cache, out = new_cache(tmp_path / "cache", models_dir), tmp_path / "run"
     code, err = start_and_stop(images, cache, out, signal.SIGINT)
@@ -173,6 +175,7 @@ def _race(images: Path, cache: Path, tmp_path: Path) -> list[dict]:
     return [json.loads(stdout) for stdout, _ in results]
 
 
+@pytest.mark.slow
 def test_two_runs_share_one_cache(images: Path, models_dir: Path, tmp_path: Path) -> None:
     metrics = _race(images, new_cache(tmp_path / "cache", models_dir), tmp_path)
     assert metrics[0]["test"] == metrics[1]["test"]
@@ -224,6 +227,7 @@ def test_read_only_cache_folder(images: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_read_only_cache_with_every_vector_in_it(images: Path, models_dir: Path, tmp_path: Path) -> None:
     """A cache someone else filled and shared read-only: still a clear error, and left unharmed."""
     prefix = _unprivileged()

@@ -95,6 +95,7 @@ def test_decompression_bomb_is_refused_before_decoding(trained_run):
         clf.decode(buf.getvalue(), max_pixels=1_000_000)
 
 
+@pytest.mark.slow
 def test_one_classifier_builds_the_backbone_once_for_many_calls(trained_run, holdout_paths, monkeypatch):
     import headstart.runtimes as runtimes
 
@@ -108,6 +109,7 @@ def test_one_classifier_builds_the_backbone_once_for_many_calls(trained_run, hol
     assert len(built) == 1
 
 
+@pytest.mark.slow
 def test_label_does_not_write_the_cache_unless_asked(trained_run, holdout_paths, tmp_path: Path):
     label(trained_run.run_dir, holdout_paths[:5], bottleneck_dir=tmp_path, progress=False)
     assert not (tmp_path / "bottlenecks.sqlite").exists()

@@ -38,9 +38,9 @@ def test_run_report_has_plots_table_and_gallery(trained_run, fashion_dir):
     n_wrong = len(trained_run.misclassified)
     assert n_wrong > 0
     images = re.findall(r"<img alt='([^']*)' src='data:image/(png|jpeg);base64,", text)
-    plots = [a for a, _ in images if a in ("training curves", "confusion matrix")]
-    assert sorted(plots) == ["confusion matrix", "training curves"]
-    assert len(images) - 2 == min(n_wrong, MAX_GALLERY)
+    plots = [a for a, _ in images if a in ("training curves", "confusion matrix", "reliability diagram")]
+    assert sorted(plots) == ["confusion matrix", "reliability diagram", "training curves"]
+    assert len(images) - 3 == min(n_wrong, MAX_GALLERY)
     for label in trained_run.labels:
         assert f"<td class='l'>{label}</td>" in text
     assert f"(N={trained_run.test.n})" in text
@@ -136,6 +136,7 @@ def _chromium(tmp_path: Path, html_path: Path, *extra: str) -> subprocess.Comple
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed here (CI installs it)")
+@pytest.mark.slow
 def test_report_renders_with_its_images_in_chromium(trained_run, fashion_dir, tmp_path):
     text = _run_report(trained_run, fashion_dir)
     page = tmp_path / "report.html"
@@ -145,7 +146,7 @@ def test_report_renders_with_its_images_in_chromium(trained_run, fashion_dir, tm
     found = re.search(r'data-images="(\d+)/(\d+)"', dom.stdout)
     assert found, "the page did not finish loading: " + dom.stdout[:500]
     loaded, total = map(int, found.groups())
-    assert total == 2 + min(len(trained_run.misclassified), MAX_GALLERY)
+    assert total == 3 + min(len(trained_run.misclassified), MAX_GALLERY)  # three plots, then the gallery
     assert loaded == total  # every plot and thumbnail decoded
     assert "Per-class precision" in dom.stdout
 

@@ -118,6 +118,7 @@ def test_runner_batch_size_does_not_change_the_vectors(backbone, model_dir, real
     assert _cosine(whole, pieces).min() >= 0.9999
 
 
+@pytest.mark.slow
 def test_imagenet_classifier_runs_in_the_fastest_runtime(backbone, model_dir, photos):
     """The converted ImageNet model names the cat and the espresso, as the packaged weights do."""
     from headstart.data import load_image
@@ -177,6 +178,7 @@ def _compare_heads(backbone, reference: str, cache_dir: Path, train_dir: Path, t
 
 
 @pytest.mark.skipif("openvino" not in available_runtimes(), reason="openvino is not installed")
+@pytest.mark.slow
 def test_head_on_bf16_bottlenecks_scores_like_fp32_small(backbone, shared_cache_dir, fashion_dir,
                                                          fashion_holdout_dir):
     """Fast version: 300 training and 100 test images (one test image is a whole point here).
@@ -206,6 +208,7 @@ def test_head_on_bf16_bottlenecks_scores_like_torch_fp32(backbone, tmp_path_fact
     assert abs(fp32 - bf16) <= 0.005, (fp32, bf16)
 
 
+@pytest.mark.slow
 def test_vectors_from_different_numerics_never_mix(backbone, fashion_dir, tmp_path):
     """Same images, same cache: another runtime or precision computes its own vectors."""
     from headstart.bench import list_image_records

@@ -330,6 +330,7 @@ def class_count_api(running: Any, project: str, cls: str) -> int:
     return next(c["count"] for c in classes if c["name"] == cls)
 
 
+@pytest.mark.slow
 def test_bad_input_in_the_ui_gets_a_message_and_loses_nothing(running: Any, browser: Any, shots: Path,
                                                               tmp_path: Path) -> None:
     page = new_page(browser)
@@ -390,6 +391,7 @@ def test_bad_input_in_the_ui_gets_a_message_and_loses_nothing(running: Any, brow
     huge.unlink()
 
 
+@pytest.mark.slow
 def test_a_second_training_while_one_runs_is_refused_in_the_ui(running: Any, browser: Any, tmp_path: Path) -> None:
     import httpx
 

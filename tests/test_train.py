@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from headstart.bundle import load_bundle
-from headstart.errors import DataError, ModelError
+from headstart.errors import DataError, ModelError, UsageError
 from headstart.config import RETRAIN_PY_RECIPE, RetrainConfig
 from headstart.inference import evaluate, label, label_imagenet
 from headstart.train import retrain
@@ -125,6 +125,7 @@ def test_evaluate_rejects_an_unknown_class_folder(trained_run, fashion_holdout_d
         evaluate(trained_run.run_dir, folder, bottleneck_dir=shared_cache_dir, progress=False)
 
 
+@pytest.mark.slow
 def test_label_imagenet_calls_a_cat_a_cat(photos, tmp_path: Path, shared_cache_dir: Path) -> None:
     from PIL import Image
 
@@ -150,3 +151,27 @@ def test_a_class_without_training_images_is_named(tmp_path: Path, fashion_dir: P
     shutil.copytree(fashion_dir / "Coat", folder / "Coat")
     with pytest.raises(DataError, match="Bag|Coat"):
         retrain(RetrainConfig(image_dir=folder, testing_percentage=60, validation_percentage=40, progress=False))
+
+
+@pytest.mark.slow
+def test_doctor_and_exclude_from_in_retrain(fashion_dir: Path, shared_cache_dir: Path, tmp_path: Path) -> None:
+    """--doctor puts its summary in metrics.json, report.html and the run; --exclude_from drops what it flagged."""
+    import json
+
+    from headstart.doctor import doctor, write_report
+
+    report = doctor(fashion_dir, bottleneck_dir=shared_cache_dir)
+    doctor_json, _ = write_report(report, tmp_path / "doctor")
+    flagged = {f.path for f in report.label_issues}
+    assert flagged, "30 Fashion-MNIST images per class always hold a few confusing ones"
+    result = retrain(RetrainConfig(image_dir=fashion_dir, output_dir=tmp_path / "run", bottleneck_dir=shared_cache_dir,
+                                   how_many_training_steps=100, progress=False, doctor=True,
+                                   exclude_from=f"{doctor_json}:label_issues"))
+    used = sum(result.metrics["splits"].values())
+    assert used == report.n_images - len(flagged) - len(result.skipped)
+    assert "likely label error" in result.metrics["doctor"]["summary"]
+    assert (tmp_path / "run" / "doctor.json").is_file()
+    assert "Data doctor:" in (tmp_path / "run" / "report.html").read_text()
+    with pytest.raises(UsageError):
+        retrain(RetrainConfig(image_dir=fashion_dir, output_dir=tmp_path / "run2", bottleneck_dir=shared_cache_dir,
+                              exclude_from=f"{doctor_json}:no_such_kind", progress=False))

@@ -6,8 +6,20 @@
 
 from __future__ import annotations
 
-from .extract import (DEFAULT_SECONDS, Ceiling, EndToEnd, ExtractBench, Machine, bench_extract, ceiling_choices,
-                      describe_machine, format_extract_bench, list_image_records, measure_ceiling, sample_batch)
+from .extract import (
+    DEFAULT_SECONDS,
+    Ceiling,
+    EndToEnd,
+    ExtractBench,
+    Machine,
+    bench_extract,
+    ceiling_choices,
+    describe_machine,
+    format_extract_bench,
+    list_image_records,
+    measure_ceiling,
+    sample_batch,
+)
 from .model import bench_model, format_bench_rows
 from .timing import Timing, time_calls
 

@@ -155,7 +155,7 @@ def sample_batch(records: Sequence[ImageRecord], prep: Any, batch_size: int) -> 
     for record in records:
         try:
             images.append(load_image(record.path, prep))
-        except Exception:  # noqa: BLE001 - a bad image is simply not sampled
+        except Exception:  # a bad image is simply not sampled
             continue
         if len(images) == batch_size:
             break
@@ -293,7 +293,8 @@ def format_extract_bench(result: ExtractBench) -> str:
     lines += ["", f"End to end from files, cold cache ({e.runtime}-{e.precision}, {e.workers} decode {e.decode}):",
               f"  {e.images} images in {e.seconds:.1f}s = {e.images_per_s:.1f} images/s"
               + (f" ({e.skipped} skipped)" if e.skipped else ""),
-              f"  (indexing and hashing {e.index_seconds:.2f}s, loading the model {e.model_seconds:.2f}s, not included)",
+              f"  (indexing and hashing {e.index_seconds:.2f}s, loading the model {e.model_seconds:.2f}s,"
+              " not included)",
               f"  peak memory: {e.peak_rss_mb:.0f} MB" + (f" (+ decoders {e.peak_rss_children_mb:.0f} MB)"
                                                          if e.peak_rss_children_mb else ""),
               "", f"Ratio end-to-end / best ceiling: {result.ratio:.2f}"]

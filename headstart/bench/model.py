@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +21,19 @@ import numpy as np
 from ..bundle import Bundle, load_bundle
 from ..data import ImageRecord, Preprocessing, index_image_dir
 from ..errors import DataError, HeadstartError, UsageError
-from ..export import (DEFAULT_CALIBRATION_IMAGES, MAX_CHECK_IMAGES, CheckImages, _spread, _write_onnx,
-                      create_classifier, decode_images, describe_export, find_check_images, predict,
-                      quantize_int8)
+from ..export import (
+    DEFAULT_CALIBRATION_IMAGES,
+    MAX_CHECK_IMAGES,
+    CheckImages,
+    _spread,
+    _write_onnx,
+    create_classifier,
+    decode_images,
+    describe_export,
+    find_check_images,
+    predict,
+    quantize_int8,
+)
 from ..runtimes import Runner, RuntimeChoice, create_session_runner
 from .timing import time_calls
 
@@ -58,11 +69,16 @@ def _measure(runner: Runner, x: np.ndarray, repeats: int = LATENCY_REPEATS) -> d
 
 def _torch_importable() -> bool:
     try:
-        import torch  # noqa: F401
         import timm  # noqa: F401
+        import torch  # noqa: F401
     except ImportError:
         return False
     return True
+
+
+def _session(path: Path, runtime: str, precision: str) -> Callable[[], Runner]:
+    """A factory that opens ``path`` on ``runtime`` only when the benchmark reaches it."""
+    return lambda: create_session_runner(path, RuntimeChoice(runtime, precision))
 
 
 def _bench_candidates(bundle: Bundle | None, exported: Path | None, exported_format: str | None,
@@ -77,6 +93,8 @@ def _bench_candidates(bundle: Bundle | None, exported: Path | None, exported_for
     def module() -> "torch.nn.Module":
         if "m" not in module_box:
             from ..model import resolve_model_backbone
+
+            assert bundle is not None  # only called when have_torch, which needs a bundle
 
             module_box["m"] = create_classifier(bundle, resolve_model_backbone(bundle))
         return module_box["m"]
@@ -121,18 +139,15 @@ def _bench_candidates(bundle: Bundle | None, exported: Path | None, exported_for
     for path, fmt, precision in files:
         label = path.name
         if fmt == "onnx" and "onnxruntime" in wanted and importlib.util.find_spec("onnxruntime"):
-            found.append(_Candidate("onnxruntime", precision, label, lambda p=path: create_session_runner(
-                p, RuntimeChoice("onnxruntime", "fp32"))))
+            found.append(_Candidate("onnxruntime", precision, label, _session(path, "onnxruntime", "fp32")))
         if fmt in ("onnx", "openvino") and "openvino" in wanted and importlib.util.find_spec("openvino"):
-            found.append(_Candidate("openvino", precision, label, lambda p=path: create_session_runner(
-                p, RuntimeChoice("openvino", "fp32"))))
+            found.append(_Candidate("openvino", precision, label, _session(path, "openvino", "fp32")))
             if precision == "fp32" and cpu_has_native_bf16():
-                found.append(_Candidate("openvino", "bf16", label, lambda p=path: create_session_runner(
-                    p, RuntimeChoice("openvino", "bf16"))))
+                found.append(_Candidate("openvino", "bf16", label, _session(path, "openvino", "bf16")))
         if fmt == "tensorrt" and "tensorrt" in wanted:
             from ..runtimes.tensorrt import create_engine_runner
 
-            found.append(_Candidate("tensorrt", precision, label, lambda p=path: create_engine_runner(p)))
+            found.append(_Candidate("tensorrt", precision, label, partial(create_engine_runner, path)))
     onnx_fp32 = next((p for p, f, q in files if f == "onnx" and q == "fp32"), None)
     if onnx_fp32 is not None and gpu and "tensorrt" in wanted and importlib.util.find_spec("tensorrt"):
         from ..runtimes.tensorrt import build_engine, create_engine_runner
@@ -210,7 +225,7 @@ def bench_model(model: Path, *, image_dir: Path | None = None, runtimes: Sequenc
                 if reference is not None:
                     row["agreement"] = round(float(np.mean(proba.argmax(1) == reference.argmax(1))), 4)
                 del runner
-            except Exception as exc:  # noqa: BLE001 - one broken runtime must not hide the others
+            except Exception as exc:  # one broken runtime must not hide the others
                 log.warning("%s %s failed: %s", cand.runtime, cand.precision, exc)
                 row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             rows.append(row)

@@ -32,7 +32,7 @@ _DISK_HINTS = {
 }
 
 # Sub-command modules, in the order they appear in --help.
-COMMAND_MODULES = ("core", "lab", "deploy", "bench")
+COMMAND_MODULES = ("core", "doctor", "lab", "deploy", "bench", "serve", "studio")
 
 log = logging.getLogger("headstart")
 
@@ -52,6 +52,16 @@ def configure_logging(verbosity: int) -> None:
     root.handlers[:] = [handler]
     root.propagate = False
     root.setLevel(logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO)
+    # Python warnings come from libraries (matplotlib, torch, onnx) about their own internals: a user
+    # can do nothing with them, so they are shown only with -v, like headstart's debug lines.
+    logging.captureWarnings(True)
+    py_warnings = logging.getLogger("py.warnings")
+    py_warnings.handlers[:] = [handler] if verbosity > 0 else [logging.NullHandler()]
+    py_warnings.propagate = False
+    # Libraries that log through the root logger (onnxruntime's quantiser: "WARNING:root:Please consider
+    # pre-processing ...") would otherwise call basicConfig and print to the terminal.
+    if not logging.root.handlers:
+        logging.root.addHandler(logging.NullHandler())
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,8 @@ def flag(parser: argparse.ArgumentParser | Any, name: str, *aliases: str, **kwar
     return parser.add_argument(*names, **kwargs)
 
 
-def add_command(sub: Any, name: str, help: str, example: str, description: str | None = None) -> argparse.ArgumentParser:
+def add_command(sub: Any, name: str, help: str, example: str,
+                description: str | None = None) -> argparse.ArgumentParser:
     parser = sub.add_parser(name, help=help, description=description or help,
                             epilog="example:\n" + "\n".join("  " + line for line in example.strip().splitlines()),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,7 +48,7 @@ def add_format(parser: argparse.ArgumentParser, choices: Sequence[str] = ("table
     flag(parser, "--format", choices=list(choices), default=choices[0], help="output format (default: %(default)s)")
 
 
-def comma_list(kind: type, name: str):  # noqa: ANN201 - returns an argparse type function
+def comma_list(kind: type, name: str) -> Callable[[str], list[Any]]:
     """argparse type for comma-separated lists such as ``--learning_rate 0.001,0.01``."""
 
     def parse(text: str) -> list[Any]:

@@ -58,6 +58,31 @@ def add_cache_flag(parser: argparse.ArgumentParser) -> None:
     setting_flag(parser, "bottleneck_dir")
 
 
+RAY_FLAGS = ("ray", "ray_actors", "ray_gpus_per_actor", "ray_cpus_per_actor")
+
+
+def add_ray_flags(parser: argparse.ArgumentParser, *, max_memory: bool = False) -> None:
+    """``--ray ADDRESS`` and the actor pool's shape (docs/SCALE.md); retrain adds ``--max_memory``."""
+    group = parser.add_argument_group("scale out (docs/SCALE.md)")
+    metavars = {"ray": "ADDRESS", "ray_actors": "N", "ray_gpus_per_actor": "G", "ray_cpus_per_actor": "C",
+                "max_memory": "SIZE"}
+    for name in RAY_FLAGS + (("max_memory",) if max_memory else ()):
+        setting_flag(group, name, metavar=metavars[name])
+
+
+def ray_settings(args: argparse.Namespace) -> Any:
+    """The parsed Ray flags, checked, as :class:`headstart.distributed.RaySettings` (None without ``--ray``)."""
+    from ..config import check_value
+
+    for name in RAY_FLAGS:
+        check_value(name, getattr(args, name))
+    if args.ray is None:
+        return None
+    from ..distributed import RaySettings
+
+    return RaySettings(args.ray, args.ray_actors, float(args.ray_gpus_per_actor), args.ray_cpus_per_actor)
+
+
 def register(sub: Any) -> None:
     _register_retrain(sub)
     _register_label(sub)
@@ -108,8 +133,9 @@ def _register_retrain(sub: Any) -> None:
     for name in ("fine_tune_blocks", "fine_tune_epochs", "fine_tune_learning_rate", "fine_tune_label_smoothing"):
         setting_flag(tune, name, metavar="N|all" if name == "fine_tune_blocks" else None)
     for name in ("early_stopping", "label_smoothing", "class_weights", "unknown_accept", "seed", "strict",
-                 "workers", "decode"):
+                 "workers", "decode", "exclude_from", "doctor"):
         setting_flag(p, name)
+    add_ray_flags(p, max_memory=True)
     flag(p, "--no_report", action="store_true", help="do not write report.html")
     flag(p, "--format", choices=["table", "json"], default="table", help="print the summary as a table or as JSON")
     p.set_defaults(handler=run_retrain)
@@ -285,6 +311,7 @@ def _register_evaluate(sub: Any) -> None:
     add_runtime_flags(p, exported=True)
     add_cache_flag(p)
     setting_flag(p, "weights", help="the backbone's weights file, if it was trained with one")
+    add_ray_flags(p)
     p.set_defaults(handler=run_evaluate)
 
 
@@ -301,7 +328,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise UsageError("give --image_dir (labelled images), --unknown_dir (images of none of the classes), or both",
                          hint="headstart evaluate --model RUN_DIR --image_dir holdout_photos")
     common = dict(bottleneck_dir=args.bottleneck_dir, runtime=args.runtime, precision=args.precision,
-                  weights=args.weights, progress=not args.quiet)
+                  weights=args.weights, progress=not args.quiet, ray=ray_settings(args))
     found, novel = None, None
     if args.image_dir is not None:
         require_path(args.image_dir, "--image_dir", "folder")

@@ -66,10 +66,11 @@ def run_export(args: argparse.Namespace) -> int:
         return 0
     print(f"Exported {result.model_format} {result.precision}: {result.path}")
     print(f"Sidecar: {result.sidecar}")
-    if check.n:
+    agreement, accuracy, ref, drop = check.agreement, check.accuracy, check.reference_accuracy, check.accuracy_drop
+    if check.n and agreement is not None and accuracy is not None and ref is not None and drop is not None:
         print(f"Check on {check.n} images ({check.source}, {check.runtime}): top-1 agreement with PyTorch "
-              f"{100 * check.agreement:.1f}%, test accuracy {100 * check.accuracy:.1f}% "
-              f"(PyTorch {100 * check.reference_accuracy:.1f}%: {describe_drop(check.accuracy_drop)})")
+              f"{100 * agreement:.1f}%, test accuracy {100 * accuracy:.1f}% "
+              f"(PyTorch {100 * ref:.1f}%: {describe_drop(drop)})")
     else:
         print(f"Not checked: {check.note}")
     if check.note:

@@ -13,8 +13,14 @@ from typing import Any
 
 from ..config import EXPERIMENT_EVAL_STEP_INTERVAL
 from .common import add_command, add_format, comma_list, flag, format_table, print_json, require_path
-from .core import (add_backbone_flags, add_cache_flag, add_runtime_flags, add_split_flags, add_training_flags,
-                   setting_flag)
+from .core import (
+    add_backbone_flags,
+    add_cache_flag,
+    add_runtime_flags,
+    add_split_flags,
+    add_training_flags,
+    setting_flag,
+)
 
 
 def register(sub: Any) -> None:

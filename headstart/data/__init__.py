@@ -12,9 +12,20 @@ The names below are re-exported so ``from headstart.data import ...`` keeps work
 
 from headstart.data.decode import DECODER_VERSION, DEFAULT_MAX_PIXELS, Preprocessing, load_image, resize_center_crop
 from headstart.data.distort import Distortion
-from headstart.data.index import (IMAGE_EXTENSIONS, MAX_NUM_IMAGES_PER_CLASS, MIN_IMAGES_PER_CLASS, SPLITS, ImageIndex,
-                                  ImageRecord, SkippedImage, find_images, index_image_dir, list_image_files,
-                                  sha256_file, which_split)
+from headstart.data.index import (
+    IMAGE_EXTENSIONS,
+    MAX_NUM_IMAGES_PER_CLASS,
+    MIN_IMAGES_PER_CLASS,
+    SPLITS,
+    ImageIndex,
+    ImageRecord,
+    SkippedImage,
+    find_images,
+    index_image_dir,
+    list_image_files,
+    sha256_file,
+    which_split,
+)
 
 __all__ = ["DECODER_VERSION", "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "MAX_NUM_IMAGES_PER_CLASS",
            "MIN_IMAGES_PER_CLASS", "SPLITS", "Distortion", "ImageIndex", "ImageRecord", "Preprocessing",

@@ -351,4 +351,4 @@ def load_image(
     raise error
 
 
-__all__ = ["DEFAULT_MAX_PIXELS", "DECODER_VERSION", "Preprocessing", "load_image", "resize_center_crop"]
+__all__ = ["DECODER_VERSION", "DEFAULT_MAX_PIXELS", "Preprocessing", "load_image", "resize_center_crop"]

@@ -395,6 +395,6 @@ def index_image_dir(
     return replace(index, warnings=tuple(warnings))
 
 
-__all__ = ["IMAGE_EXTENSIONS", "SPLITS", "MAX_NUM_IMAGES_PER_CLASS", "MIN_IMAGES_PER_CLASS", "ImageRecord",
-           "SkippedImage", "ImageIndex", "which_split", "sha256_file", "list_image_files", "find_images",
-           "index_image_dir"]
+__all__ = ["IMAGE_EXTENSIONS", "MAX_NUM_IMAGES_PER_CLASS", "MIN_IMAGES_PER_CLASS", "SPLITS", "ImageIndex",
+           "ImageRecord", "SkippedImage", "find_images", "index_image_dir", "list_image_files", "sha256_file",
+           "which_split"]

@@ -266,7 +266,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["RUNTIMES", "RUNTIME_NAMES", "BACKBONE_RUNTIMES", "RuntimeSpec", "RuntimeChoice", "Runner",
-           "DEFAULT_BATCH_SIZE", "PRECISIONS", "resolve_runtime", "resolve_file_runtime", "available_runtimes",
-           "runtime_available", "best_precision", "cpu_has_native_bf16", "cuda_available", "create_runner",
-           "create_file_runner", "create_session_runner", "installed"]
+__all__ = ["BACKBONE_RUNTIMES", "DEFAULT_BATCH_SIZE", "PRECISIONS", "RUNTIMES", "RUNTIME_NAMES", "Runner",
+           "RuntimeChoice", "RuntimeSpec", "available_runtimes", "best_precision", "cpu_has_native_bf16",
+           "create_file_runner", "create_runner", "create_session_runner", "cuda_available", "installed",
+           "resolve_file_runtime", "resolve_runtime", "runtime_available"]

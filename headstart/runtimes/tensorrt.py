@@ -25,9 +25,11 @@ import logging
 import os
 import shlex
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -111,7 +113,7 @@ def engine_cache_path(cache_dir: str | Path, key: str, precision: str) -> Path:
 
 
 def require_tensorrt(onnx_path: str | Path, engine_path: str | Path, *, input_size: int, precision: str,
-                     profile: BatchProfile = BatchProfile()):  # noqa: ANN201 - returns the tensorrt module
+                     profile: BatchProfile = BatchProfile()) -> ModuleType:
     """Import TensorRT and check for a GPU, or raise :class:`TensorRTUnavailable` with the trtexec line."""
     command = trtexec_command(onnx_path, engine_path, input_size=input_size, precision=precision, profile=profile)
     try:
@@ -135,12 +137,12 @@ def gpu_name() -> str:
     return str(torch.cuda.get_device_name(torch.cuda.current_device()))
 
 
-def _logger(trt):  # noqa: ANN001, ANN202
+def _logger(trt: Any) -> Any:  # trt: the tensorrt module; Any, as its classes are subclassed here
     class _Log(trt.ILogger):
         def __init__(self) -> None:
             trt.ILogger.__init__(self)
 
-        def log(self, severity, msg):  # noqa: ANN001, ANN202
+        def log(self, severity: Any, msg: str) -> None:
             level = logging.ERROR if severity <= trt.ILogger.ERROR else (
                 logging.WARNING if severity == trt.ILogger.WARNING else logging.DEBUG)
             log.log(level, "TensorRT: %s", msg)
@@ -148,7 +150,7 @@ def _logger(trt):  # noqa: ANN001, ANN202
     return _Log()
 
 
-def _calibrator(trt, batches: list[np.ndarray], cache_file: Path):  # noqa: ANN001, ANN202
+def _calibrator(trt: Any, batches: list[np.ndarray], cache_file: Path) -> Any:
     """An entropy calibrator over uint8 NHWC batches, staged on the GPU with torch."""
     import torch
 
@@ -161,7 +163,7 @@ def _calibrator(trt, batches: list[np.ndarray], cache_file: Path):  # noqa: ANN0
         def get_batch_size(self) -> int:
             return int(batches[0].shape[0])
 
-        def get_batch(self, names, p_str=None):  # noqa: ANN001, ANN201
+        def get_batch(self, names: list[str], p_str: Any = None) -> list[int] | None:
             batch = next(self._batches, None)
             if batch is None:
                 return None
@@ -169,10 +171,10 @@ def _calibrator(trt, batches: list[np.ndarray], cache_file: Path):  # noqa: ANN0
             torch.cuda.synchronize()
             return [int(self._device.data_ptr())]
 
-        def read_calibration_cache(self):  # noqa: ANN201
+        def read_calibration_cache(self) -> bytes | None:
             return cache_file.read_bytes() if cache_file.is_file() else None
 
-        def write_calibration_cache(self, cache) -> None:  # noqa: ANN001
+        def write_calibration_cache(self, cache: Any) -> None:
             cache_file.write_bytes(bytes(cache))
 
     return _Calibrator()
@@ -202,7 +204,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, input_size: 
     return engine_path
 
 
-def _build(trt, onnx_path: Path, input_size: int, precision: str, profile: BatchProfile,  # noqa: ANN001
+def _build(trt: ModuleType, onnx_path: Path, input_size: int, precision: str, profile: BatchProfile,
            calibration: Iterable[np.ndarray] | None) -> bytes:
     logger = _logger(trt)
     builder = trt.Builder(logger)
@@ -250,7 +252,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
-def create_engine_runner(engine_path: str | Path):  # noqa: ANN201 - a Runner
+def create_engine_runner(engine_path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
     """``runner(uint8 [N, H, W, 3]) -> float32 [N, classes]`` over a serialised engine (buffers via torch)."""
     import torch
 
@@ -284,5 +286,5 @@ def create_engine_runner(engine_path: str | Path):  # noqa: ANN201 - a Runner
     return run
 
 
-__all__ = ["BatchProfile", "TensorRTUnavailable", "tensorrt_version", "trtexec_command", "engine_cache_key",
-           "engine_cache_path", "require_tensorrt", "build_engine", "create_engine_runner"]
+__all__ = ["BatchProfile", "TensorRTUnavailable", "build_engine", "create_engine_runner", "engine_cache_key",
+           "engine_cache_path", "require_tensorrt", "tensorrt_version", "trtexec_command"]
