@@ -19,7 +19,7 @@ from .checks import is_int as _is_int
 from .checks import is_real as _is_real
 from .data import Distortion
 from .errors import UsageError
-from .head import OPTIMIZERS
+from .head_math import OPTIMIZERS
 from .runtimes import BACKBONE_RUNTIMES, DECODE_MODES, DEFAULT_BATCH_SIZE, PRECISIONS
 
 Check = Callable[[Any], "str | None"]  # None when the value is fine, else what is wrong with it
@@ -91,7 +91,7 @@ class Setting:
     """One knob: the flag ``--name``, its type and default, what it does, and how to check it."""
 
     name: str
-    kind: type
+    kind: Callable[[Any], Any]  # a type, or a parser such as blocks_value
     default: Any
     help: str
     group: str  # data | output | backbone | head | distortion | fine_tune | run | scale
@@ -340,7 +340,8 @@ def check_config(config: RetrainConfig, *, need_image_dir: bool = True) -> None:
             check_value(name, getattr(config, name))
     if config.validation_percentage + config.testing_percentage > 100:
         raise UsageError(f"--validation_percentage {config.validation_percentage} plus --testing_percentage "
-                         f"{config.testing_percentage} is over 100", hint="leave some images for training, e.g. 10 and 10")
+                         f"{config.testing_percentage} is over 100",
+                         hint="leave some images for training, e.g. 10 and 10")
     if config.decode == "gpu":  # needs CUDA: say so before any image is read
         from .gpu_decode import require_gpu_decode
         from .runtimes import resolve_runtime
@@ -353,7 +354,8 @@ def check_config(config: RetrainConfig, *, need_image_dir: bool = True) -> None:
     if need_image_dir:
         check_existing_dir(config.image_dir, "--image_dir")
     if config.weights is not None and not Path(config.weights).expanduser().is_file():
-        raise UsageError(f"weights file not found: {config.weights}", hint="pass the path of a .safetensors or .pth file")
+        raise UsageError(f"weights file not found: {config.weights}",
+                         hint="pass the path of a .safetensors or .pth file")
 
 
 def check_existing_dir(path: Path | str | None, flag: str) -> None:
@@ -368,5 +370,15 @@ def check_existing_dir(path: Path | str | None, flag: str) -> None:
                          hint="pass the folder that holds one sub-folder per class")
 
 
-__all__ = ["SETTINGS", "Setting", "RetrainConfig", "check_config", "check_value", "check_existing_dir",
-           "HYPERPARAMETERS", "SWEEPABLE", "RETRAIN_PY_RECIPE", "default"]
+__all__ = [
+    "HYPERPARAMETERS",
+    "RETRAIN_PY_RECIPE",
+    "SETTINGS",
+    "SWEEPABLE",
+    "RetrainConfig",
+    "Setting",
+    "check_config",
+    "check_existing_dir",
+    "check_value",
+    "default",
+]

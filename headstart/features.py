@@ -255,6 +255,7 @@ def compute_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cach
                 module = prepare_cuda_module(create_feature_extractor(backbone), choice.precision)
                 run_gpu_pipeline(paths, backbone.preprocessing, module, batch_size, store, skip, readers=workers)
             else:
+                assert runner is not None  # built above for every mode but gpu
                 run_batches(runner, decode_ahead(paths, backbone.preprocessing, batch_size,
                                                  workers or default_workers(), mode=decode, distortion=distortion,
                                                  seeds=[r.sha256 for r in misses]), batch_size, store, skip)

@@ -38,16 +38,28 @@ import numpy as np
 
 from headstart.checks import is_int as _is_int
 from headstart.errors import ModelError
-from headstart.head_math import (Weights, _accuracy_and_cross_entropy, _as_features, _as_labels, _check_label_range,
-                                 _ClassBalancedSampler, _init_weights, _jsonable, _log_softmax, _logits,
-                                 _loss_and_grads, _Optimizer, _single_blas_thread, _UniformSampler)
+from headstart.head_math import (
+    Weights,
+    _accuracy_and_cross_entropy,
+    _as_features,
+    _as_labels,
+    _check_label_range,
+    _ClassBalancedSampler,
+    _init_weights,
+    _jsonable,
+    _log_softmax,
+    _logits,
+    _loss_and_grads,
+    _Optimizer,
+    _single_blas_thread,
+    _UniformSampler,
+    head_param_problems,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["HeadStateError", "NotFittedError", "SoftmaxHead", "TrainStep"]
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
-SAMPLING = ("class", "image")
 EARLY_STOPPING_EVERY = 10  # steps between measurements of the whole validation loss
 STATE_FORMAT = "headstart.softmax_head"
 STATE_VERSION = 1
@@ -335,33 +347,7 @@ class SoftmaxHead:
 
     def _check_params(self) -> None:
         """Validate hyperparameters at fit time (scikit-learn style: never in __init__)."""
-        problems = []
-        if self.n_classes is not None and not (_is_int(self.n_classes) and self.n_classes >= 2):
-            problems.append(f"n_classes must be None or an integer >= 2, got {self.n_classes!r}")
-        if not (_is_int(self.hidden_units) and self.hidden_units >= 0):
-            problems.append(f"hidden_units must be an integer >= 0, got {self.hidden_units!r}")
-        if not (0.0 <= self.dropout < 1.0):
-            problems.append(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.optimizer not in OPTIMIZERS:
-            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {self.optimizer!r}")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            problems.append(f"learning_rate must be > 0, got {self.learning_rate!r}")
-        for name in ("train_batch_size", "validation_batch_size"):
-            value = getattr(self, name)
-            if not (_is_int(value) and (value == -1 or value >= 1)):
-                problems.append(f"{name} must be -1 (all) or an integer >= 1, got {value!r}")
-        for name in ("how_many_training_steps", "eval_step_interval"):
-            value = getattr(self, name)
-            if not (_is_int(value) and value >= 1):
-                problems.append(f"{name} must be an integer >= 1, got {value!r}")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            problems.append(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if not _is_int(self.seed):
-            problems.append(f"seed must be an integer, got {self.seed!r}")
-        if not (0.0 <= self.label_smoothing < 1.0):
-            problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
-        if self.sampling not in SAMPLING:
-            problems.append(f"sampling must be one of {', '.join(SAMPLING)}, got {self.sampling!r}")
+        problems = head_param_problems(self.get_params())
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -13,8 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from .checks import is_int as _is_int
+
 Weights = dict[str, np.ndarray]
 
+OPTIMIZERS = ("sgd", "momentum", "adam")
+SAMPLING = ("class", "image")
 _MOMENTUM = 0.9
 _ADAM_BETA1, _ADAM_BETA2, _ADAM_EPS = 0.9, 0.999, 1e-8
 
@@ -192,6 +196,38 @@ class _UniformSampler:
 
 
 # ---------------------------------------------------------------------- input checks
+def head_param_problems(p: dict[str, Any]) -> list[str]:
+    """What is wrong with a SoftmaxHead's parameters (empty when nothing is)."""
+    problems = []
+    if p["n_classes"] is not None and not (_is_int(p["n_classes"]) and p["n_classes"] >= 2):
+        problems.append(f"n_classes must be None or an integer >= 2, got {p['n_classes']!r}")
+    if not (_is_int(p["hidden_units"]) and p["hidden_units"] >= 0):
+        problems.append(f"hidden_units must be an integer >= 0, got {p['hidden_units']!r}")
+    if not (0.0 <= p["dropout"] < 1.0):
+        problems.append(f"dropout must be in [0, 1), got {p['dropout']!r}")
+    if p["optimizer"] not in OPTIMIZERS:
+        problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}; got {p['optimizer']!r}")
+    if not (p["learning_rate"] > 0 and math.isfinite(p["learning_rate"])):
+        problems.append(f"learning_rate must be > 0, got {p['learning_rate']!r}")
+    for name in ("train_batch_size", "validation_batch_size"):
+        value = p[name]
+        if not (_is_int(value) and (value == -1 or value >= 1)):
+            problems.append(f"{name} must be -1 (all) or an integer >= 1, got {value!r}")
+    for name in ("how_many_training_steps", "eval_step_interval"):
+        value = p[name]
+        if not (_is_int(value) and value >= 1):
+            problems.append(f"{name} must be an integer >= 1, got {value!r}")
+    if not (p["weight_decay"] >= 0 and math.isfinite(p["weight_decay"])):
+        problems.append(f"weight_decay must be >= 0, got {p['weight_decay']!r}")
+    if not _is_int(p["seed"]):
+        problems.append(f"seed must be an integer, got {p['seed']!r}")
+    if not (0.0 <= p["label_smoothing"] < 1.0):
+        problems.append(f"label_smoothing must be in [0, 1), got {p['label_smoothing']!r}")
+    if p["sampling"] not in SAMPLING:
+        problems.append(f"sampling must be one of {', '.join(SAMPLING)}, got {p['sampling']!r}")
+    return problems
+
+
 def _as_features(X: Any, name: str, n_features: int | None = None) -> np.ndarray:
     """A C-contiguous float32 [N, F] array of finite values, or a ValueError saying what is wrong."""
     arr = np.asarray(X)

@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         print(f"hint: {_DISK_HINTS[exc.errno]}", file=sys.stderr)
         return 1
-    except Exception as exc:  # noqa: BLE001 - the last line of defence for users
+    except Exception as exc:
         return _unexpected(exc, debug)
 
 

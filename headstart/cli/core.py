@@ -316,11 +316,9 @@ def _register_evaluate(sub: Any) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from ..inference import evaluate
-    from ..metrics import format_evaluation
-
     from ..errors import UsageError
-    from ..inference import evaluate_unknown
+    from ..inference import evaluate, evaluate_unknown
+    from ..metrics import format_evaluation
 
     require_path(args.model, "--model")
     require_path(args.weights, "--weights", "file")

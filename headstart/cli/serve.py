@@ -11,8 +11,13 @@ from .common import add_command, flag
 
 
 def register(sub: Any) -> None:
-    from ..serve.settings import (DEFAULT_MAX_BATCH_DELAY_MS, DEFAULT_MAX_BODY_MB, DEFAULT_MAX_QUEUE,
-                                  DEFAULT_TIMEOUT_S, DEFAULT_TOP_K)
+    from ..serve.settings import (
+        DEFAULT_MAX_BATCH_DELAY_MS,
+        DEFAULT_MAX_BODY_MB,
+        DEFAULT_MAX_QUEUE,
+        DEFAULT_TIMEOUT_S,
+        DEFAULT_TOP_K,
+    )
 
     p = add_command(sub, "serve", "serve models over HTTP: REST, the Open Inference Protocol (KServe v2), a page",
                     "headstart serve --model runs/flowers\n"

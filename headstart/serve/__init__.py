@@ -10,7 +10,7 @@ from typing import Any
 
 from .settings import ServeSettings
 
-__all__ = ["ServeSettings", "create_app", "load_models", "run_server", "build_server"]
+__all__ = ["ServeSettings", "build_server", "create_app", "load_models", "run_server"]
 
 
 def __getattr__(name: str) -> Any:

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, Response
@@ -148,13 +148,13 @@ def create_app(models: Mapping[str, Any], settings: ServeSettings | None = None)
     @app.post("/v1/models/{name}/predict", tags=["REST"], response_model=schemas.PredictResponse,
               responses=schemas.errors(400, 404, 413, 422, 503, 504), openapi_extra=schemas.PREDICT_BODY,
               summary="Top labels of one or more images")
-    async def predict_named(request: Request, name: str, top_k: Optional[int] = top_k_query) -> Response:
+    async def predict_named(request: Request, name: str, top_k: int | None = top_k_query) -> Response:
         return await predict(request, name, top_k)
 
     @app.post("/v1/predict", tags=["REST"], response_model=schemas.PredictResponse,
               responses=schemas.errors(400, 413, 422, 503, 504), openapi_extra=schemas.PREDICT_BODY,
               summary="Top labels with the default model")
-    async def predict_default(request: Request, top_k: Optional[int] = top_k_query) -> Response:
+    async def predict_default(request: Request, top_k: int | None = top_k_query) -> Response:
         return await predict(request, state.default, top_k)
 
     @app.get("/v1/models", tags=["REST"], response_model=schemas.ModelList, responses=schemas.errors(),
@@ -225,10 +225,10 @@ def _add_v2_routes(app: FastAPI, state: ServeState) -> None:
         content, headers = build_infer_response(name, worker.clf, parsed, proba)
         return Response(content, headers=headers)
 
-    meta = {"tags": ["v2"], "response_model": schemas.ModelMetadata, "responses": schemas.errors(404)}
-    ready_doc = {"tags": ["v2"], "response_model": schemas.ModelReady,
+    meta: dict[str, Any] = {"tags": ["v2"], "response_model": schemas.ModelMetadata, "responses": schemas.errors(404)}
+    ready_doc: dict[str, Any] = {"tags": ["v2"], "response_model": schemas.ModelReady,
                  "responses": {**schemas.errors(404), 503: {"model": schemas.ModelReady, "description": "not ready"}}}
-    infer_doc = {"tags": ["v2"], "response_model": schemas.InferenceResponse,
+    infer_doc: dict[str, Any] = {"tags": ["v2"], "response_model": schemas.InferenceResponse,
                  "responses": schemas.errors(400, 404, 413, 422, 503, 504), "openapi_extra": schemas.INFER_BODY}
 
     @app.get("/v2/models/{name}", summary="Model metadata", **meta)

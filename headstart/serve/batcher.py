@@ -30,6 +30,8 @@ from .metrics import ServeMetrics
 
 log = logging.getLogger("headstart")
 
+WARMUP_BUDGET_S = 20.0
+
 
 @dataclass(frozen=True)
 class Part:
@@ -149,7 +151,7 @@ class Batcher:
             t0 = time.perf_counter()
             try:
                 proba = await loop.run_in_executor(self._executor, self.clf.predict_batch, x)
-            except Exception as exc:  # noqa: BLE001 - one failed batch must not stop the service
+            except Exception as exc:
                 log.error("model %s failed on a batch of %d: %s", self.name, len(batch), one_line(exc), exc_info=exc)
                 error = ServeError(500, f"model {self.name} failed on this batch ({type(exc).__name__})")
                 for item in batch:
@@ -179,11 +181,24 @@ class ModelWorker:
         self.started = False
 
     async def start(self) -> None:
+        """Run one batch of each size the batcher can form (within WARMUP_BUDGET_S), then be ready.
+
+        Runtimes allocate and choose kernels per input shape the first time they
+        see it (OpenVINO keeps a few MB per batch size): done now, the first
+        answers are not slow, and memory does not creep up as rarer batch sizes
+        turn up over the first thousands of requests.  Largest first after 1: the
+        biggest allocation is surely made.
+        """
         self.batcher.start()
         size = self.clf.input_size
-        # One batch before the first request: lazy allocations and kernel choices
-        # happen now, and readiness means the first answer is not slow.
-        await self.batcher.run_once(np.zeros((1, size, size, 3), np.uint8))
+        sizes = [1, *range(self.batcher.max_batch_size, 1, -1)]
+        deadline = time.monotonic() + WARMUP_BUDGET_S
+        for i, n in enumerate(sizes):
+            await self.batcher.run_once(np.zeros((n, size, size, 3), np.uint8))
+            if time.monotonic() > deadline and i + 1 < len(sizes):
+                log.info("model %s: warmed up %d of %d batch sizes in %.0f s; the others warm up when first used",
+                         self.name, i + 1, len(sizes), WARMUP_BUDGET_S)
+                break
         self.started = True
 
     @property

@@ -125,7 +125,7 @@ async def multipart_parts(request: Any, body: bytes, max_files: int) -> list[Par
         yield body
 
     # The body was already read within --max_body_mb, so no part can be larger than it.
-    parser = MultiPartParser(request.headers, stream(), max_files=max_files, max_fields=1000,
+    parser = MultiPartParser(request.headers, stream(), max_files=max_files, max_fields=1000,  # type: ignore[arg-type]
                              max_part_size=max(len(body), 1))
     try:
         form = await parser.parse()

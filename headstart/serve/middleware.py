@@ -82,7 +82,8 @@ class ServeMiddleware:
 
         key = state.settings.api_key
         if key and path not in OPEN_PATHS and not key_matches(_header(scope, b"authorization"), key):
-            challenge = 'Basic realm="headstart", charset="UTF-8"' if path in BROWSER_PATHS else 'Bearer realm="headstart"'
+            basic, bearer = 'Basic realm="headstart", charset="UTF-8"', 'Bearer realm="headstart"'
+            challenge = basic if path in BROWSER_PATHS else bearer
             await self._reply(send_and_note, 401, "missing or wrong API key: send Authorization: Bearer <key>",
                               {"www-authenticate": challenge})
         elif state.draining and path not in DRAIN_PATHS:
@@ -92,7 +93,7 @@ class ServeMiddleware:
             state.inflight += 1
             try:
                 await self.app(scope, receive, send_and_note)
-            except Exception as exc:  # noqa: BLE001 - a bug must cost one request, logged, not the connection
+            except Exception as exc:
                 log.error("unexpected %s on %s %s", type(exc).__name__, scope.get("method"), path, exc_info=exc)
                 if sent["started"]:
                     raise

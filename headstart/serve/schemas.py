@@ -6,7 +6,7 @@ image bodies are not JSON); these models say what that JSON is.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -25,9 +25,9 @@ class TopLabel(BaseModel):
 class PredictionRow(BaseModel):
     path: str = Field(description="the part's file name, the instance's name, or its index")
     top: list[TopLabel]
-    unknown: Optional[bool] = Field(None, description="the out-of-distribution score is past the model's "
+    unknown: bool | None = Field(None, description="the out-of-distribution score is past the model's "
                                                       "threshold (models that score novelty only)")
-    ood_score: Optional[float] = Field(None, description="the out-of-distribution score (models that score novelty)")
+    ood_score: float | None = Field(None, description="the out-of-distribution score (models that score novelty)")
 
 
 class PredictResponse(BaseModel):
@@ -53,7 +53,7 @@ class ModelList(BaseModel):
 
 class Instance(BaseModel):
     b64: str = Field(description="the encoded image file (JPEG, PNG, ...), base64")
-    name: Optional[str] = Field(None, description="echoed as the row's path")
+    name: str | None = Field(None, description="echoed as the row's path")
 
 
 class InstancesRequest(BaseModel):
@@ -97,36 +97,36 @@ class RequestInput(BaseModel):
     name: str = Field(description='always "image"')
     shape: list[int] = Field(description="[N]")
     datatype: str = Field(description='always "BYTES"')
-    parameters: Optional[dict[str, Any]] = Field(
+    parameters: dict[str, Any] | None = Field(
         None, description='{"content_type": "base64"}, or {"binary_data_size": bytes} with the binary extension')
-    data: Optional[list[Any]] = Field(None, description="N base64 strings, each an encoded image file")
+    data: list[Any] | None = Field(None, description="N base64 strings, each an encoded image file")
 
 
 class RequestOutput(BaseModel):
     name: str = Field(description='"label" or "probabilities"')
-    parameters: Optional[dict[str, Any]] = Field(
+    parameters: dict[str, Any] | None = Field(
         None, description='{"binary_data": true} for a binary answer, {"classification": K} for top-K strings')
 
 
 class InferenceRequest(BaseModel):
-    id: Optional[str] = None
-    parameters: Optional[dict[str, Any]] = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
     inputs: list[RequestInput]
-    outputs: Optional[list[RequestOutput]] = None
+    outputs: list[RequestOutput] | None = None
 
 
 class ResponseOutput(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    parameters: Optional[dict[str, Any]] = None
-    data: Optional[list[Any]] = None
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
 
 
 class InferenceResponse(BaseModel):
     model_name: str
-    model_version: Optional[str] = None
-    id: Optional[str] = None
+    model_version: str | None = None
+    id: str | None = None
     outputs: list[ResponseOutput]
 
 

@@ -169,7 +169,7 @@ async def read_uploads(request: Request, limit: int) -> list[tuple[str, bytes]]:
                           "pick smaller files, or start the studio with a larger --max_upload_mb")
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
-        parser = MultiPartParser(request.headers, _limited(request, limit + 64 * 1024),
+        parser = MultiPartParser(request.headers, _limited(request, limit + 64 * 1024),  # type: ignore[arg-type]
                                  max_files=MAX_FILES_PER_REQUEST, max_fields=100)
         try:
             form = await parser.parse()

@@ -61,12 +61,12 @@ def render_thumbnail(path: Path) -> bytes:
     try:
         with Image.open(path) as img:
             img.draft("RGB", (THUMB_SIZE * 2, THUMB_SIZE * 2))
-            img = ImageOps.exif_transpose(img)
+            img = ImageOps.exif_transpose(img)  # type: ignore[assignment]
             if img.mode not in ("RGB", "L"):
-                img = img.convert("RGBA")
+                img = img.convert("RGBA")  # type: ignore[assignment]
                 background = Image.new("RGB", img.size, (255, 255, 255))
                 background.paste(img, mask=img.getchannel("A"))
-                img = background
+                img = background  # type: ignore[assignment]
             img.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS)
             out = io.BytesIO()
             img.convert("RGB").save(out, "JPEG", quality=THUMB_QUALITY, optimize=True)

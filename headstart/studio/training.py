@@ -110,7 +110,7 @@ def _extract(job: Job, engine: Engine, config: Any, index: Any) -> Any:
         return out
 
     with BottleneckCache(config.bottleneck_dir) as cache:
-        return compute_bottlenecks(index.records, backbone, _CountingCache(cache, on_lookup), runtime=choice,
+        return compute_bottlenecks(index.records, backbone, _CountingCache(cache, on_lookup), runtime=choice,  # type: ignore[arg-type]
                                    runner=counting, batch_size=config.extraction_batch_size,
                                    workers=config.workers, progress=False)
 
