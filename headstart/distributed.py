@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from .backbones import Backbone
-from .cache import BottleneckCache
+from .cache import BottleneckCache, models_dir
 from .data import Distortion, ImageRecord, Preprocessing, SkippedImage
 from .errors import HeadstartError, UsageError
 from .features import Bottlenecks, decode_one, extractor_fingerprint
@@ -284,7 +284,7 @@ def _model_bytes(backbone: Backbone, runtime: str | RuntimeChoice, cache: Bottle
         return None
     from .runtimes.onnx_files import ensure_backbone_onnx
 
-    return ensure_backbone_onnx(backbone, cache.directory / "models").read_bytes()
+    return ensure_backbone_onnx(backbone, models_dir(cache.directory)).read_bytes()
 
 
 class _Unless(logging.Filter):

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .backbones import Backbone, resolve_backbone
-from .cache import BottleneckCache
+from .cache import BottleneckCache, models_dir
 from .config import EXPERIMENT_EVAL_STEP_INTERVAL, SETTINGS, SWEEPABLE, RetrainConfig, check_config
 from .data import ImageRecord
 from .errors import UsageError
@@ -413,9 +413,9 @@ def measure_backbone(backbone: Backbone, runtime: str | RuntimeChoice = "auto", 
 
 def _model_dir(bottleneck_dir: str | Path | None) -> Path:
     """Where converted models live: beside the bottleneck cache, as extraction keeps them."""
-    from .cache import default_cache_dir
 
-    return (Path(bottleneck_dir).expanduser() if bottleneck_dir is not None else default_cache_dir()) / "models"
+
+    return models_dir(bottleneck_dir)
 
 
 def compare(image_dir: str | Path, backbones: Sequence[str], *, measure_speed: bool = True,

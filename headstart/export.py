@@ -479,7 +479,7 @@ def _check_tensorrt(bundle: Bundle, out: Path, precision: str, input_size: int, 
 
 def _build_tensorrt(onnx_fp32: Path, staged: Path, precision: str, input_size: int, training: Sequence[ImageRecord],
                     calibration_images: int, prep: Preprocessing, cache_dir: str | Path | None) -> dict[str, Any]:
-    from .cache import default_cache_dir
+    from .cache import models_dir
     from .runtimes.tensorrt import BatchProfile, build_engine, tensorrt_version
 
     profile = BatchProfile()
@@ -490,7 +490,7 @@ def _build_tensorrt(onnx_fp32: Path, staged: Path, precision: str, input_size: i
         batches = [x_cal[i:i + 16] for i in range(0, usable, 16)]
         calibration_id = hashlib.sha256("".join(r.sha256 for r in kept).encode()).hexdigest()[:16]
         info = {"images": len(x_cal), "source": "run training split", "method": "TensorRT entropy calibrator 2"}
-    models = (Path(cache_dir) if cache_dir else default_cache_dir()) / "models"
+    models = models_dir(cache_dir)
     build_engine(onnx_fp32, staged, input_size=input_size, precision=precision, profile=profile,
                  calibration=batches, calibration_id=calibration_id, cache_dir=models)
     return {"tensorrt": tensorrt_version(), "profile": asdict(profile), **({"calibration": info} if info else {})}

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .backbones import Backbone
-from .cache import BottleneckCache
+from .cache import BottleneckCache, models_dir
 from .data import Distortion, ImageRecord, Preprocessing, SkippedImage, load_image
 from .errors import HeadstartError, ImageError, UsageError
 from .progress import Progress
@@ -231,7 +231,7 @@ def compute_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cach
                  f"{what}bottleneck" if len(records) == 1 else f"{what}bottlenecks", len(misses), backbone.name,
                  choice.key)
         if runner is None and decode != "gpu":
-            runner = create_runner(backbone, choice, cache.directory / "models")
+            runner = create_runner(backbone, choice, models_dir(cache.directory))
         with Progress(len(misses), "Distorted" if what else "Bottlenecks", unit="img", enabled=progress) as bar:
 
             def store(positions: list[int], batch: np.ndarray) -> None:

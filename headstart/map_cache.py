@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .backbones import Backbone
-from .cache import BottleneckCache
+from .cache import BottleneckCache, models_dir
 from .data import ImageRecord, SkippedImage
 from .errors import HeadstartError
 from .features import decode_ahead, default_workers, resolve_decode_mode, run_batches
@@ -167,7 +167,7 @@ def compute_maps(records: Sequence[ImageRecord], backbone: Backbone, blocks: int
     if misses:
         log.info("%d of %d maps at the cut (top %d stages) cached; computing %d with %s (%s)",
                  len(records) - len(misses), len(records), blocks, len(misses), backbone.name, choice.key)
-        runner = create_cut_runner(backbone, blocks, choice, cache.directory / "models")
+        runner = create_cut_runner(backbone, blocks, choice, models_dir(cache.directory))
         size = int(np.prod(shape))
         with Progress(len(misses), "Maps", unit="img", enabled=progress) as bar:
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .cache import BottleneckCache
+from .cache import BottleneckCache, models_dir
 from .data import ImageRecord, SkippedImage
 from .errors import HeadstartError
 from .features import Bottlenecks, compute_bottlenecks
@@ -277,7 +277,7 @@ def extract_to_stores(records: Sequence[ImageRecord], backbone: Backbone, cache:
 
     def lazy(images: np.ndarray) -> np.ndarray:  # built once, only if some image misses the cache
         if "run" not in runner:
-            runner["run"] = create_runner(backbone, choice, cache.directory / "models")
+            runner["run"] = create_runner(backbone, choice, models_dir(cache.directory))
         return runner["run"](images)
 
     log.info("%d bottlenecks exceed --max_memory: the head trains from %s stores on disk", len(records), dtype)

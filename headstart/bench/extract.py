@@ -206,7 +206,7 @@ def bench_extract(image_dir: str | Path, *, backbone: str = "efficientnet_lite0"
     ``crop_pct`` defaults to retrain's 1.0.
     """
     from ..backbones import resolve_backbone
-    from ..cache import BottleneckCache, default_cache_dir
+    from ..cache import BottleneckCache, models_dir
     from ..features import compute_bottlenecks, default_workers, resolve_decode_mode
     from ..runtimes import create_runner, resolve_runtime
 
@@ -215,7 +215,7 @@ def bench_extract(image_dir: str | Path, *, backbone: str = "efficientnet_lite0"
                          hint=f"e.g. --batch_size {DEFAULT_BATCH_SIZE}")
     resolved = resolve_backbone(backbone, weights=weights, crop_pct=crop_pct)
     prep = resolved.preprocessing
-    model_dir = Path(model_dir) if model_dir is not None else default_cache_dir() / "models"
+    model_dir = Path(model_dir) if model_dir is not None else models_dir()
     choice = resolve_runtime(runtime, precision)
     workers = workers or default_workers()
     decode = resolve_decode_mode(decode, choice)
