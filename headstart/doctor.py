@@ -315,7 +315,7 @@ def doctor(image_dir: str | Path, *, output_dir: str | Path | None = None, bottl
            backbone: str = "efficientnet_lite0", weights: str | Path | None = None, crop_pct: float = 1.0,
            runtime: str = "auto", precision: str = "auto", validation_percentage: float = 10.0,
            testing_percentage: float = 10.0, similarity: float | None = None, folds: int = DEFAULT_FOLDS,
-           workers: int | None = None, progress: bool = False, seed: int = 0) -> DoctorReport:
+           workers: int | None = None, progress: bool = False, seed: int = 0, ray: Any = None) -> DoctorReport:
     """Check ``image_dir`` (one sub-folder per class) and return a :class:`DoctorReport`.
 
     Uses retrain's index, split, backbone defaults and bottleneck cache, so on a
@@ -353,9 +353,9 @@ def doctor(image_dir: str | Path, *, output_dir: str | Path | None = None, bottl
                         for sha, copies in dup_groups if len({c for _, c in copies}) > 1]
     with BottleneckCache(bottleneck_dir) as cache:
         bottlenecks = compute_bottlenecks(index.records, net, cache, runtime=runtime, precision=precision,
-                                          workers=workers, progress=progress)
+                                          workers=workers, progress=progress, ray=ray)
         conflict_vectors = (compute_bottlenecks(conflict_records, net, cache, runtime=bottlenecks.runtime or runtime,
-                                                precision=precision, workers=workers, progress=False)
+                                                precision=precision, workers=workers, progress=False, ray=ray)
                             if conflict_records else None)
     timing["bottlenecks_s"] = time.perf_counter() - start
     records, x = bottlenecks.records, bottlenecks.vectors

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .common import add_command, flag, format_table, plural, print_json, require_path
-from .core import add_backbone_flags, add_cache_flag, add_runtime_flags, setting_flag
+from .core import add_backbone_flags, add_cache_flag, add_ray_flags, add_runtime_flags, ray_settings, setting_flag
 
 _SHOWN = 10  # findings listed per kind in the table output
 
@@ -36,6 +36,7 @@ def register(sub: Any) -> None:
     setting_flag(p, "crop_pct")
     add_runtime_flags(p)
     setting_flag(p, "workers")
+    add_ray_flags(p)
     p.set_defaults(handler=run_doctor)
 
 
@@ -51,7 +52,7 @@ def run_doctor(args: argparse.Namespace) -> int:
                     backbone=args.backbone, weights=args.weights, crop_pct=args.crop_pct, runtime=args.runtime,
                     precision=args.precision, validation_percentage=args.validation_percentage,
                     testing_percentage=args.testing_percentage, similarity=args.similarity, folds=args.folds,
-                    workers=args.workers, progress=not args.quiet)
+                    workers=args.workers, progress=not args.quiet, ray=ray_settings(args))
     script = write_fix_script(report, args.write_fix_script) if args.write_fix_script is not None else None
     for item in report.skipped[:5]:
         print(f"warning: skipped {item.path}: {item.reason}", file=sys.stderr)
