@@ -80,7 +80,7 @@ def _model_info(name: str, worker: ModelWorker) -> dict[str, Any]:
     clf = worker.clf
     info = dict(clf.info())
     info.pop("path", None)  # where the model lies on the server is none of the clients' business
-    info.update(model=name, model_version=clf.version, labels=list(clf.labels), runtime=clf.runtime,
+    info.update(name=name, model=name, model_version=clf.version, labels=list(clf.labels), runtime=clf.runtime,
                 max_batch_size=worker.batcher.max_batch_size, ready=worker.ready)
     return info
 

@@ -114,34 +114,6 @@ def build_server(app: Any, *, host: str = "127.0.0.1", port: int = 8000, setting
     return server
 
 
-M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc's mallopt parameters
-
-
-def steady_memory() -> None:
-    """Keep a long-running server's memory from creeping up (glibc only; elsewhere nothing to do).
-
-    Decoded images and batches (150 kB and up) are made and freed by different
-    threads.  glibc raises its mmap threshold each time such a block is freed,
-    after which they come from per-thread heaps that fragment, and the
-    resident size of a batching server grew by about a tenth between its
-    1,000th and 10,000th request.  A fixed threshold (big blocks get their own
-    mapping, returned when freed) and two arenas keep it within a few percent
-    (``benchmarks/bench_serve.py`` measures it).
-    """
-    import ctypes
-    import ctypes.util
-    import platform
-
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(M_MMAP_THRESHOLD, 128 * 1024)
-        libc.mallopt(M_ARENA_MAX, 2)
-    except (OSError, AttributeError):
-        log.debug("mallopt is not available: memory may grow a little under load")
-
-
 def bind_socket(host: str, port: int) -> socket.socket:
     """The listening socket, bound here so that a taken port is one clear error (and ``--port 0`` works)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -157,7 +129,6 @@ def run_server(models: Mapping[str, Any], settings: ServeSettings, *, host: str 
     """Serve ``models`` until SIGTERM / Ctrl-C; returns after the drain.  ``on_listen`` gets the base URL."""
     from .app import create_app
 
-    steady_memory()
     app = create_app(models, settings)
     sock = bind_socket(host, port)
     server = build_server(app, host=host, port=sock.getsockname()[1], settings=settings)
