@@ -101,7 +101,8 @@ def test_retrain_label_evaluate_end_to_end(fashion_dir: Path, fashion_holdout_di
     assert block["n"] == 100 and {"accuracy", "per_class", "confusion_matrix"} <= set(block)
 
 
-def test_cache_stats_and_clear(fashion_dir: Path, tmp_path: Path, shared_cache_dir: Path) -> None:
+def test_cache_stats_and_clear(trained_run, tmp_path: Path, shared_cache_dir: Path) -> None:
+    # trained_run fills the shared cache, whichever other tests ran first.
     import shutil
 
     cache = tmp_path / "cache"
