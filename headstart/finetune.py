@@ -26,7 +26,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -56,7 +56,7 @@ class FineTuneParams:
     weight_decay: float = WEIGHT_DECAY
     block_lr_ratio: float = BLOCK_LR_RATIO
     patience: int = PATIENCE
-    flip: bool = False  # mirror random training maps (or images) left-right
+    flip: bool = False  # mirror half the training maps, drawn anew each epoch (images: see ImageSource)
     seed: int = 0
     mixed_precision: str = "auto"  # auto | bf16 | off
 
@@ -81,7 +81,6 @@ class FineTuneOutcome:
     seconds: float
     mixed_precision: str
     stopped_early: bool
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class Source(Protocol):
@@ -338,9 +337,9 @@ def train(top: Any, classifier: torch.nn.Sequential, train_source: Source, y_tra
 
     history: list[EpochResult] = []
     # The starting point is measured but is no candidate: label smoothing and the new
-    # features cost some validation loss that temperature scaling cannot take back,
-    # while unseen-image accuracy rises (docs/PERFORMANCE.md, "Fine-tuning the top stages").
-    # It is kept only if every epoch diverges.
+    # features can cost validation loss that temperature scaling does not take back
+    # while unseen-image accuracy rises (docs/PERFORMANCE.md, "Fine-tuning the top
+    # stages"). It is kept only if the first epoch diverges.
     best_loss, best_epoch, best_state = math.inf, 0, snapshot()
     if has_val:
         val_loss, val_acc = _evaluate(top, classifier, val_source, y_val, device, autocast)  # type: ignore[arg-type]

@@ -221,8 +221,9 @@ def flip_maps(maps: "np.ndarray | torch.Tensor", which: "np.ndarray | torch.Tens
 
     A cheap stand-in for running the mirrored image: a convolutional map is not
     exactly mirror-symmetric (its kernels are not), so this is an augmentation,
-    not the mirrored image's map (cosine 0.95 in front of the last stage of
-    EfficientNet-Lite0, 0.84 in front of the last two, measured in tests).
+    not the mirrored image's map (cosine 0.91-0.95 in front of the last stage of
+    EfficientNet-Lite0, 0.82-0.86 in front of the last two, 0.54-0.60 in front
+    of the last three: ``benchmarks/finetune_speed.py --flip_check``).
     """
     if which is None:
         if isinstance(maps, np.ndarray):
