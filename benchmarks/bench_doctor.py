@@ -63,7 +63,7 @@ def _groups(pairs: list[tuple[str, str]]) -> dict[str, str]:
 
 def near_duplicate_scores(report, planted, distinct: set[str], threshold: float) -> dict:
     """Recall of planted pairs and false pairs among distinct images, for pairs accepted at ``threshold``."""
-    from headstart.doctor import FINGERPRINT_MATCH, FINGERPRINT_MIN_COSINE
+    from headstart.doctor_results import FINGERPRINT_MATCH, FINGERPRINT_MIN_COSINE
 
     pairs = [(p.a, p.b) for g in report.near_duplicates for p in g.pairs
              if p.similarity >= threshold or (p.fingerprint >= FINGERPRINT_MATCH
@@ -110,7 +110,7 @@ def holdout_accuracy(image_dir: Path, holdout: Path, cache_dir: Path) -> float:
     from headstart.backbones import resolve_backbone
     from headstart.cache import BottleneckCache
     from headstart.data import index_image_dir
-    from headstart.doctor import HEAD_PARAMS
+    from headstart.doctor_results import HEAD_PARAMS
     from headstart.features import compute_bottlenecks
     from headstart.head import SoftmaxHead
 
@@ -158,8 +158,8 @@ def label_variants(root: Path, cache: Path, planted: set[str]) -> dict:
     from headstart.backbones import resolve_backbone
     from headstart.cache import BottleneckCache
     from headstart.data import index_image_dir
-    from headstart.doctor import FOLD_HEAD_PARAMS
     from headstart.doctor_checks import out_of_sample_probabilities
+    from headstart.doctor_results import FOLD_HEAD_PARAMS
     from headstart.features import compute_bottlenecks
 
     index = index_image_dir(root, require_training=False)
@@ -284,9 +284,9 @@ def scale_components(n: int, cache: Path, source: Path) -> dict:
     from headstart.backbones import resolve_backbone
     from headstart.cache import BottleneckCache
     from headstart.data import index_image_dir
-    from headstart.doctor import NEIGHBOURS
     from headstart.doctor_checks import out_of_sample_probabilities, similarity_search
     from headstart.doctor_findings import label_issue_findings
+    from headstart.doctor_results import NEIGHBOURS
     from headstart.features import compute_bottlenecks
 
     index = index_image_dir(source)

@@ -65,8 +65,8 @@ def bench_overhead(image_dir: Path, cpus: int, nodes: int) -> dict[str, Any]:
     from headstart.backbones import resolve_backbone
     from headstart.cache import BottleneckCache
     from headstart.data import index_image_dir
-    from headstart.distributed import RaySettings
     from headstart.features import compute_bottlenecks
+    from headstart.ray_cluster import RaySettings
     from headstart.runtimes import resolve_runtime
 
     index = index_image_dir(image_dir, 10, 10)

@@ -77,7 +77,7 @@ def _memory(v: Any) -> str | None:
 
 
 def _ray_address(v: Any) -> str | None:
-    from .distributed import check_address
+    from .ray_cluster import check_address
 
     return check_address(v)
 
@@ -309,10 +309,10 @@ class RetrainConfig:
                 "workers": self.workers, "progress": self.progress, "decode": self.decode, "ray": self.ray_settings()}
 
     def ray_settings(self) -> Any:
-        """A :class:`headstart.distributed.RaySettings` with ``--ray``, else None (extraction stays local)."""
+        """A :class:`headstart.ray_cluster.RaySettings` with ``--ray``, else None (extraction stays local)."""
         if self.ray is None:
             return None
-        from .distributed import RaySettings
+        from .ray_cluster import RaySettings
 
         return RaySettings(self.ray, self.ray_actors, float(self.ray_gpus_per_actor), self.ray_cpus_per_actor)
 
@@ -348,7 +348,7 @@ def check_config(config: RetrainConfig, *, need_image_dir: bool = True) -> None:
 
         require_gpu_decode(resolve_runtime(config.runtime, config.precision).runtime)
     if config.ray is not None:  # a missing [ray] extra is said before any image is read
-        from .distributed import import_ray
+        from .ray_cluster import import_ray
 
         import_ray()
     if need_image_dir:

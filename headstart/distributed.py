@@ -23,6 +23,9 @@ filesystem for the store, and keeps one content-keyed store that the local
 pipeline reads unchanged.  Ray Data supplies the scheduling, back-pressure and
 retries (restarted actors, retried tasks); a killed driver loses only the
 batches not yet committed, and the next run finds the rest in the store.
+
+Reaching the cluster (``--ray`` settings, connection, actor pool size) is
+:mod:`headstart.ray_cluster`; this module is the extraction that runs on it.
 """
 
 from __future__ import annotations
@@ -33,8 +36,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,24 +49,13 @@ from .data import Distortion, ImageRecord, Preprocessing, SkippedImage
 from .errors import HeadstartError, UsageError
 from .features import Bottlenecks, decode_one, extractor_fingerprint
 from .progress import Progress
+from .ray_cluster import RaySettings, _quiet_ray_data, connect, plan_pool
 from .runtimes import BACKBONE_RUNTIMES, DEFAULT_BATCH_SIZE, RUNTIMES, RuntimeChoice, best_precision
 
 log = logging.getLogger("headstart")
 
-RAY_HINT = 'pip install "headstart[ray]"'
 LOOKUP_CHUNK = 10_000  # hashes per cache look-up while planning: bounds the driver's memory
 ROWS_PER_BLOCK_BATCHES = 4  # extraction batches per Ray block: small blocks retry cheaply
-LOCAL_OBJECT_STORE = 2 * 2**30  # bytes, for a cluster started by --ray local
-
-
-@dataclass(frozen=True)
-class RaySettings:
-    """Where and how to run extraction on Ray (``--ray``, ``--ray_actors`` ...)."""
-
-    address: str  # "auto", "local" or "ray://host:port" (or "host:port")
-    actors: int | None = None  # None: as many as the cluster holds (see plan_pool)
-    gpus_per_actor: float = 0.0
-    cpus_per_actor: float | None = None  # None: a whole node for a CPU actor, one core for a GPU actor
 
 
 @dataclass(frozen=True)
@@ -77,54 +68,6 @@ class RayFill:
     skipped: tuple[SkippedImage, ...]
     seconds: float
     nodes: int
-
-
-def import_ray() -> Any:
-    """``ray`` with Ray Data, or a one-line usage error naming the extra that installs it."""
-    try:
-        import ray
-        import ray.data
-    except ImportError as exc:
-        raise UsageError("--ray needs Ray (with Ray Data), which is not installed", hint=RAY_HINT) from exc
-    return ray
-
-
-def check_address(address: str) -> str | None:
-    """None when ``address`` can name a Ray cluster, else what is wrong with it (for the settings table)."""
-    if not isinstance(address, str) or not address.strip():
-        return "must be auto, local, ray://HOST:PORT or HOST:PORT"
-    if address in ("auto", "local") or address.startswith("ray://"):
-        return None
-    host, _, port = address.rpartition(":")
-    return None if host and port.isdigit() else "must be auto, local, ray://HOST:PORT or HOST:PORT"
-
-
-@contextmanager
-def connect(address: str) -> Iterator[Any]:
-    """A connection to the cluster for the duration of one extraction.
-
-    An existing connection (``ray.init`` called by the caller) is used as it is
-    and left open; otherwise ``local`` starts a cluster on this machine that
-    ends with the run, and ``auto`` / ``ray://`` connect to a running one.
-    """
-    ray = import_ray()
-    if ray.is_initialized():
-        yield ray
-        return
-    kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
-    try:
-        if address == "local":
-            # In-flight blocks are a few MB each: 2 GiB of object store is plenty, and spares the machine's memory.
-            ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE, **kwargs)
-        else:
-            ray.init(address=address, **kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UsageError(f"cannot reach a Ray cluster at --ray {address}: {str(exc).splitlines()[0]}",
-                         hint="start one with `ray start --head`, pass its address, or use --ray local") from exc
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
 
 
 def candidate_choices(runtime: str | RuntimeChoice, precision: str) -> tuple[RuntimeChoice, ...]:
@@ -157,15 +100,24 @@ def candidate_choices(runtime: str | RuntimeChoice, precision: str) -> tuple[Run
 
 def describe_extractor(backbone: Backbone, choice: RuntimeChoice, distortion: Distortion | None) -> dict[str, Any]:
     """The registration that :func:`headstart.features.compute_bottlenecks` writes, for ``cache stats``."""
-    described = {**backbone.describe(), "runtime": choice.runtime, "precision": choice.precision,
-                 "preprocessing": backbone.preprocessing.to_dict()}
+    described = {
+        **backbone.describe(),
+        "runtime": choice.runtime,
+        "precision": choice.precision,
+        "preprocessing": backbone.preprocessing.to_dict(),
+    }
     if distortion is not None and distortion.active:
         described["distortion"] = asdict(distortion)
     return described
 
 
-def cached_hashes(records: Sequence[ImageRecord], backbone: Backbone, cache: BottleneckCache,
-                  choices: Sequence[RuntimeChoice], distortion: Distortion | None) -> set[str]:
+def cached_hashes(
+    records: Sequence[ImageRecord],
+    backbone: Backbone,
+    cache: BottleneckCache,
+    choices: Sequence[RuntimeChoice],
+    distortion: Distortion | None,
+) -> set[str]:
     """The records' hashes present in the store under any of ``choices`` (looked up in bounded chunks)."""
     remaining = list(dict.fromkeys(r.sha256 for r in records))
     found: set[str] = set()
@@ -173,7 +125,7 @@ def cached_hashes(records: Sequence[ImageRecord], backbone: Backbone, cache: Bot
         fingerprint = extractor_fingerprint(backbone, choice, distortion)
         left: list[str] = []
         for start in range(0, len(remaining), LOOKUP_CHUNK):
-            chunk = remaining[start:start + LOOKUP_CHUNK]
+            chunk = remaining[start : start + LOOKUP_CHUNK]
             hit = cache.get_many(fingerprint, chunk)
             found.update(hit)
             left.extend(s for s in chunk if s not in hit)
@@ -186,8 +138,9 @@ def cached_hashes(records: Sequence[ImageRecord], backbone: Backbone, cache: Bot
 # ------------------------------------------------------------------ cluster side
 
 
-def decode_batch(batch: dict[str, np.ndarray], prep: Preprocessing, distortion: Distortion | None,
-                 ) -> dict[str, np.ndarray]:
+def decode_batch(
+    batch: dict[str, np.ndarray], prep: Preprocessing, distortion: Distortion | None
+) -> dict[str, np.ndarray]:
     """Ray task: read and decode one batch of files; an unusable one keeps its row, with a reason and no pixels."""
     size = prep.input_size
     images = np.zeros((len(batch["path"]), size, size, 3), dtype=np.uint8)
@@ -197,15 +150,19 @@ def decode_batch(batch: dict[str, np.ndarray], prep: Preprocessing, distortion: 
         if image is not None:
             images[i] = image
         errors.append("" if image is not None else (error or "unreadable"))
-    return {"position": np.asarray(batch["position"], dtype=np.int64), "image": images,
-            "error": np.array(errors, dtype=object)}
+    return {
+        "position": np.asarray(batch["position"], dtype=np.int64),
+        "image": images,
+        "error": np.array(errors, dtype=object),
+    }
 
 
 class Extractor:
     """Ray actor: the backbone on this node's runtime, built once, applied to decoded batches."""
 
-    def __init__(self, backbone: Backbone, runtime: str | RuntimeChoice, precision: str, onnx: tuple[Any] | None,
-                 threads: int) -> None:
+    def __init__(
+        self, backbone: Backbone, runtime: str | RuntimeChoice, precision: str, onnx: tuple[Any] | None, threads: int
+    ) -> None:
         import ray
 
         from .runtimes import create_file_runner, create_runner, resolve_runtime
@@ -217,8 +174,10 @@ class Extractor:
         self._dir = tempfile.TemporaryDirectory(prefix="headstart-actor-")
         if choice.spec.source == "file":
             if onnx is None:
-                raise HeadstartError(f"runtime {choice.key} on node {self.node} needs the backbone as ONNX",
-                                     hint="use --runtime auto, openvino or onnxruntime")
+                raise HeadstartError(
+                    f"runtime {choice.key} on node {self.node} needs the backbone as ONNX",
+                    hint="use --runtime auto, openvino or onnxruntime",
+                )
             path = Path(self._dir.name) / "backbone.onnx"
             path.write_bytes(ray.get(onnx[0]))
             self.runner = create_file_runner(path, choice, threads)
@@ -234,47 +193,16 @@ class Extractor:
         if computed is not None:
             vectors[ok] = computed
         n = len(ok)
-        return {"position": batch["position"], "vector": vectors, "error": batch["error"],
-                "runtime": np.array([self.key] * n, dtype=object), "node": np.array([self.node] * n, dtype=object)}
+        return {
+            "position": batch["position"],
+            "vector": vectors,
+            "error": batch["error"],
+            "runtime": np.array([self.key] * n, dtype=object),
+            "node": np.array([self.node] * n, dtype=object),
+        }
 
 
 # ------------------------------------------------------------------ driver side
-
-
-@dataclass(frozen=True)
-class Pool:
-    """The actor pool for this cluster: how many actors, how many fit now, what each holds."""
-
-    wanted: int
-    now: int
-    nodes: int
-    cpus_per_actor: float
-
-
-def plan_pool(nodes: Sequence[dict[str, Any]], settings: RaySettings) -> Pool:
-    """Size the pool from the alive nodes' resources; a usage error when no actor can ever start.
-
-    By default a CPU actor holds every core of a node (one per node, the
-    runtime's threads on all of them: measured faster than one single-core
-    actor per core, docs/SCALE.md); a GPU actor holds ``gpus_per_actor`` GPUs and one core.
-    """
-    alive = [n.get("Resources", {}) for n in nodes if n.get("Alive")]
-    node_cpus = [float(r.get("CPU", 0)) for r in alive if r.get("CPU", 0) > 0]
-    gpus = sum(float(r.get("GPU", 0)) for r in alive)
-    if settings.gpus_per_actor > 0:
-        if gpus < settings.gpus_per_actor:
-            raise UsageError(f"--ray_gpus_per_actor {settings.gpus_per_actor:g}, but the cluster has "
-                             f"{gpus:g} GPU(s)", hint="use --ray_gpus_per_actor 0 for CPU actors")
-        per_actor = settings.cpus_per_actor or 1.0
-        fit = int(gpus // settings.gpus_per_actor)
-    else:
-        per_actor = settings.cpus_per_actor or (min(node_cpus) if node_cpus else 1.0)
-        fit = sum(int(c // per_actor) for c in node_cpus)
-    if fit < 1:
-        raise UsageError(f"no node of the Ray cluster has the {per_actor:g} CPU(s) an actor holds",
-                         hint="lower --ray_cpus_per_actor")
-    wanted = settings.actors or fit
-    return Pool(wanted, min(wanted, fit), len(alive), per_actor)
 
 
 def _model_bytes(backbone: Backbone, runtime: str | RuntimeChoice, cache: BottleneckCache) -> bytes | None:
@@ -287,26 +215,6 @@ def _model_bytes(backbone: Backbone, runtime: str | RuntimeChoice, cache: Bottle
     return ensure_backbone_onnx(backbone, models_dir(cache.directory)).read_bytes()
 
 
-class _Unless(logging.Filter):
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefix)
-
-
-def _quiet_ray_data(ray: Any) -> None:
-    """One progress bar, the driver's: Ray Data's own bars, banners and the note that they are off go."""
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    progress = logging.getLogger("ray.data._internal.progress")
-    if not any(isinstance(f, _Unless) for f in progress.filters):
-        progress.addFilter(_Unless("Progress bars disabled"))
-
-
 def _plan_dataset(ray: Any, misses: Sequence[ImageRecord], batch_size: int, actors: int) -> Any:
     """The misses as a Ray dataset of ``(position, path, seed)`` in Arrow blocks (a million rows in ~100 MB).
 
@@ -316,16 +224,29 @@ def _plan_dataset(ray: Any, misses: Sequence[ImageRecord], batch_size: int, acto
 
     n = len(misses)
     blocks = max(math.ceil(n / (batch_size * ROWS_PER_BLOCK_BATCHES)), min(math.ceil(n / batch_size), 2 * actors))
-    table = pa.table({"position": pa.array(np.arange(n, dtype=np.int64)),
-                      "path": pa.array([str(r.path) for r in misses]), "seed": pa.array([r.sha256 for r in misses])})
+    table = pa.table(
+        {
+            "position": pa.array(np.arange(n, dtype=np.int64)),
+            "path": pa.array([str(r.path) for r in misses]),
+            "seed": pa.array([r.sha256 for r in misses]),
+        }
+    )
     per = math.ceil(n / max(1, blocks))
     return ray.data.from_arrow([table.slice(lo, per) for lo in range(0, n, per)])
 
 
-def fill_cache_on_ray(records: Sequence[ImageRecord], backbone: Backbone, cache: BottleneckCache,
-                      settings: RaySettings, *, runtime: str | RuntimeChoice = "auto", precision: str = "auto",
-                      batch_size: int = DEFAULT_BATCH_SIZE, progress: bool = True,
-                      distortion: Distortion | None = None) -> RayFill:
+def fill_cache_on_ray(
+    records: Sequence[ImageRecord],
+    backbone: Backbone,
+    cache: BottleneckCache,
+    settings: RaySettings,
+    *,
+    runtime: str | RuntimeChoice = "auto",
+    precision: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+    distortion: Distortion | None = None,
+) -> RayFill:
     """Compute on the cluster every vector of ``records`` that the store lacks, committing batch by batch."""
     start = time.perf_counter()
     choices = candidate_choices(runtime, precision)
@@ -347,8 +268,15 @@ def fill_cache_on_ray(records: Sequence[ImageRecord], backbone: Backbone, cache:
         pool = plan_pool(ray.nodes(), settings)
         wanted, nodes = pool.wanted, pool.nodes
         cpus = float(ray.cluster_resources().get("CPU", 1))
-        log.info("%d of %d bottlenecks cached; computing %d with %s on a Ray cluster of %d node(s), %d actor(s)",
-                 cached, len(records), len(misses), backbone.name, nodes, wanted)
+        log.info(
+            "%d of %d bottlenecks cached; computing %d with %s on a Ray cluster of %d node(s), %d actor(s)",
+            cached,
+            len(records),
+            len(misses),
+            backbone.name,
+            nodes,
+            wanted,
+        )
         model = _model_bytes(backbone, runtime, cache)
         # Put once and passed by reference inside a tuple: restarted actors fetch it again from the
         # object store while this driver holds the reference (Ray keeps top-level large arguments otherwise).
@@ -356,21 +284,41 @@ def fill_cache_on_ray(records: Sequence[ImageRecord], backbone: Backbone, cache:
         dataset = _plan_dataset(ray, misses, batch_size, wanted)
         # Decoding shares the cores with the network, as the local pipeline's threads do:
         # the tasks reserve no CPU (so they never wait behind the actors), one in flight per core.
-        decoded = dataset.map_batches(decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=0,
-                                      compute=ray.data.TaskPoolStrategy(size=max(1, int(cpus))),
-                                      fn_kwargs={"prep": backbone.preprocessing, "distortion": distortion})
+        decoded = dataset.map_batches(
+            decode_batch,
+            batch_size=batch_size,
+            batch_format="numpy",
+            num_cpus=0,
+            compute=ray.data.TaskPoolStrategy(size=max(1, int(cpus))),
+            fn_kwargs={"prep": backbone.preprocessing, "distortion": distortion},
+        )
         threads = max(1, int(pool.cpus_per_actor))
         vectors = decoded.map_batches(
-            Extractor, batch_size=batch_size, batch_format="numpy",
+            Extractor,
+            batch_size=batch_size,
+            batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(min_size=max(1, pool.now), max_size=wanted),
-            num_cpus=pool.cpus_per_actor, num_gpus=settings.gpus_per_actor or None,
-            fn_constructor_kwargs={"backbone": backbone, "runtime": runtime, "precision": precision,
-                                   "onnx": onnx, "threads": threads})
+            num_cpus=pool.cpus_per_actor,
+            num_gpus=settings.gpus_per_actor or None,
+            fn_constructor_kwargs={
+                "backbone": backbone,
+                "runtime": runtime,
+                "precision": precision,
+                "onnx": onnx,
+                "threads": threads,
+            },
+        )
         fingerprints: dict[str, str] = {}
         answered: set[str] = set()
-        with Progress(len(misses), f"Bottlenecks on Ray ({nodes} node{'' if nodes == 1 else 's'})", unit="img",
-                      enabled=progress) as bar, \
-                warnings.catch_warnings():
+        with (
+            Progress(
+                len(misses),
+                f"Bottlenecks on Ray ({nodes} node{'' if nodes == 1 else 's'})",
+                unit="img",
+                enabled=progress,
+            ) as bar,
+            warnings.catch_warnings(),
+        ):
             # Ray Data's advice that a short run cannot use every actor is not the user's to act on.
             warnings.filterwarnings("ignore", message=".*number of concurrent", category=UserWarning)
             try:
@@ -380,21 +328,33 @@ def fill_cache_on_ray(records: Sequence[ImageRecord], backbone: Backbone, cache:
                     bar.update(len(batch["position"]), nodes=len(answered), skipped=len(skipped))
             except (ray.exceptions.RayError, ray.data.exceptions.SystemException) as exc:  # after Ray's own retries
                 lines = [line for line in str(exc).splitlines() if line.strip()]
-                raise HeadstartError(f"the Ray cluster failed: {lines[-1] if lines else type(exc).__name__}",
-                                     hint="the vectors committed so far are kept; see the workers' logs "
-                                          "(/tmp/ray/session_latest/logs on the nodes) and run again") from exc
+                raise HeadstartError(
+                    f"the Ray cluster failed: {lines[-1] if lines else type(exc).__name__}",
+                    hint="the vectors committed so far are kept; see the workers' logs "
+                    "(/tmp/ray/session_latest/logs on the nodes) and run again",
+                ) from exc
     mixed = ", ".join(f"{key} ({n})" for key, n in used.most_common())
     if len(used) > 1:
-        log.warning("the cluster's nodes ran different runtimes: %s; their vectors agree within the runtimes' "
-                    "tolerance (cosine >= 0.99), not bit for bit", mixed)
+        log.warning(
+            "the cluster's nodes ran different runtimes: %s; their vectors agree within the runtimes' "
+            "tolerance (cosine >= 0.99), not bit for bit",
+            mixed,
+        )
     ran = tuple(RuntimeChoice(*key.split("-", 1)) for key, _ in used.most_common())
     order = tuple(dict.fromkeys((*ran, *choices)))
     return RayFill(order, len(misses) - len(skipped), cached, tuple(skipped), time.perf_counter() - start, nodes)
 
 
-def _commit(batch: dict[str, np.ndarray], misses: Sequence[ImageRecord], backbone: Backbone, cache: BottleneckCache,
-            distortion: Distortion | None, fingerprints: dict[str, str], used: Counter[str],
-            skipped: list[SkippedImage]) -> None:
+def _commit(
+    batch: dict[str, np.ndarray],
+    misses: Sequence[ImageRecord],
+    backbone: Backbone,
+    cache: BottleneckCache,
+    distortion: Distortion | None,
+    fingerprints: dict[str, str],
+    used: Counter[str],
+    skipped: list[SkippedImage],
+) -> None:
     """One transaction per runtime present in the batch, so a killed driver loses only what it had not committed."""
     groups: dict[str, list[tuple[str, np.ndarray]]] = {}
     for position, vector, error, key in zip(batch["position"], batch["vector"], batch["error"], batch["runtime"]):
@@ -413,10 +373,17 @@ def _commit(batch: dict[str, np.ndarray], misses: Sequence[ImageRecord], backbon
         used[key] += len(items)
 
 
-def read_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cache: BottleneckCache,
-                     choices: Sequence[RuntimeChoice], distortion: Distortion | None = None,
-                     skipped: Sequence[SkippedImage] = (), computed: int = 0, cached: int = 0,
-                     seconds: float = 0.0) -> Bottlenecks:
+def read_bottlenecks(
+    records: Sequence[ImageRecord],
+    backbone: Backbone,
+    cache: BottleneckCache,
+    choices: Sequence[RuntimeChoice],
+    distortion: Distortion | None = None,
+    skipped: Sequence[SkippedImage] = (),
+    computed: int = 0,
+    cached: int = 0,
+    seconds: float = 0.0,
+) -> Bottlenecks:
     """The records' vectors from the store, each under the first of ``choices`` that holds it."""
     vectors: dict[str, np.ndarray] = {}
     source: Counter[RuntimeChoice] = Counter()
@@ -430,43 +397,54 @@ def read_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cache: 
             break
     kept = tuple(r for r in records if r.sha256 in vectors)
     if not kept:
-        raise HeadstartError("no image could be turned into a bottleneck",
-                             hint="check the skipped images listed above: every Ray node must read the images "
-                                  "at the same path (a shared filesystem)")
+        raise HeadstartError(
+            "no image could be turned into a bottleneck",
+            hint="check the skipped images listed above: every Ray node must read the images "
+            "at the same path (a shared filesystem)",
+        )
     present = [c for c, n in source.most_common() if n]
     if len(present) > 1:
-        log.warning("bottlenecks come from %d runtimes: %s", len(present),
-                    ", ".join(f"{c.key} ({source[c]})" for c in present))
+        log.warning(
+            "bottlenecks come from %d runtimes: %s", len(present), ", ".join(f"{c.key} ({source[c]})" for c in present)
+        )
     main = present[0]
     matrix = np.stack([vectors[r.sha256] for r in kept]).astype(np.float32, copy=False)
-    return Bottlenecks(kept, matrix, tuple(skipped), computed, cached, seconds,
-                       extractor_fingerprint(backbone, main, distortion), main)
+    return Bottlenecks(
+        kept, matrix, tuple(skipped), computed, cached, seconds, extractor_fingerprint(backbone, main, distortion), main
+    )
 
 
-def compute_bottlenecks_on_ray(records: Sequence[ImageRecord], backbone: Backbone, cache: BottleneckCache,
-                               settings: RaySettings, *, runtime: str | RuntimeChoice = "auto",
-                               precision: str = "auto", batch_size: int = DEFAULT_BATCH_SIZE,
-                               progress: bool = True, distortion: Distortion | None = None) -> Bottlenecks:
+def compute_bottlenecks_on_ray(
+    records: Sequence[ImageRecord],
+    backbone: Backbone,
+    cache: BottleneckCache,
+    settings: RaySettings,
+    *,
+    runtime: str | RuntimeChoice = "auto",
+    precision: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: bool = True,
+    distortion: Distortion | None = None,
+) -> Bottlenecks:
     """:func:`headstart.features.compute_bottlenecks` with the misses computed on a Ray cluster."""
     start = time.perf_counter()
-    fill = fill_cache_on_ray(records, backbone, cache, settings, runtime=runtime, precision=precision,
-                             batch_size=batch_size, progress=progress, distortion=distortion)
+    fill = fill_cache_on_ray(
+        records,
+        backbone,
+        cache,
+        settings,
+        runtime=runtime,
+        precision=precision,
+        batch_size=batch_size,
+        progress=progress,
+        distortion=distortion,
+    )
     failed = {s.path for s in fill.skipped}
     usable = [r for r in records if r.path not in failed]
-    result = read_bottlenecks(usable, backbone, cache, fill.choices, distortion, fill.skipped, fill.computed,
-                              fill.cached)
+    result = read_bottlenecks(
+        usable, backbone, cache, fill.choices, distortion, fill.skipped, fill.computed, fill.cached
+    )
     return replace(result, seconds=time.perf_counter() - start)
 
 
-__all__ = [
-    "RAY_HINT",
-    "RayFill",
-    "RaySettings",
-    "candidate_choices",
-    "check_address",
-    "compute_bottlenecks_on_ray",
-    "connect",
-    "fill_cache_on_ray",
-    "import_ray",
-    "read_bottlenecks",
-]
+__all__ = ["RayFill", "candidate_choices", "compute_bottlenecks_on_ray", "fill_cache_on_ray", "read_bottlenecks"]

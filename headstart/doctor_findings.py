@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from .data import ImageIndex, ImageRecord, SkippedImage, sha256_file, which_split
-from .doctor import (
+from .doctor_checks import ImageStats, Neighbours, group_pairs, row_dots
+from .doctor_results import (
     CLEANLAB_HINT,
     FINGERPRINT_MATCH,
     FINGERPRINT_MIN_COSINE,
@@ -34,7 +35,6 @@ from .doctor import (
     NearDuplicatePair,
     Outlier,
 )
-from .doctor_checks import ImageStats, Neighbours, group_pairs, row_dots
 from .errors import HeadstartError
 
 log = logging.getLogger("headstart")

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .doctor import FINDING_KINDS, OUTLIER_CERTAIN_Z, DoctorReport, summary_line
+from .doctor_results import FINDING_KINDS, OUTLIER_CERTAIN_Z, DoctorReport, summary_line
 
 log = logging.getLogger("headstart")
 

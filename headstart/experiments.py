@@ -1,4 +1,4 @@
-"""Experiments that answer "what does this knob do?": sweeps, learning curves, backbone comparison.
+"""Experiments that answer "what does this knob do?": sweeps and learning curves, and their shared steps.
 
 They all rest on one fact: once a folder's bottlenecks are cached, training a
 new last layer takes a fraction of a second.  So every experiment indexes and
@@ -7,7 +7,8 @@ trains as many heads as it needs from memory, always scoring them on the same
 test split that ``retrain`` uses.  Results are plain rows (one ``dict`` per cell,
 point or backbone, keys named after the command-line flags) held in frozen
 dataclasses, so the CLI can print them as tables, JSON or CSV and the report
-module can plot them.
+module can plot them.  Backbone comparison, which also builds and times
+networks, is :mod:`headstart.backbone_comparison`; it uses the shared steps here.
 """
 
 from __future__ import annotations
@@ -24,14 +25,14 @@ from typing import Any
 import numpy as np
 
 from .backbones import Backbone, resolve_backbone
-from .cache import BottleneckCache, models_dir
+from .cache import BottleneckCache
 from .config import EXPERIMENT_EVAL_STEP_INTERVAL, SETTINGS, SWEEPABLE, RetrainConfig, check_config
 from .data import ImageRecord
 from .errors import UsageError
 from .features import compute_bottlenecks
 from .head import SoftmaxHead
 from .metrics import Evaluation, evaluate
-from .runtimes import RuntimeChoice, resolve_runtime
+from .runtimes import RuntimeChoice
 from .train import build_head, split_bottlenecks
 
 log = logging.getLogger("headstart")
@@ -85,15 +86,6 @@ class CurveResult:
     seconds: float
 
 
-@dataclass(frozen=True)
-class CompareResult:
-    """One row per backbone: its cost (size, speed) and what it buys on the user's data."""
-
-    rows: tuple[dict[str, Any], ...]
-    training: dict[str, Any]
-    seconds: float
-
-
 # ---------------------------------------------------------------- shared steps
 
 
@@ -118,28 +110,53 @@ def load_features(config: RetrainConfig) -> FeatureSet:
     index = index_image_dir(config.image_dir, config.validation_percentage, config.testing_percentage)
     backbone = resolve_backbone(config.backbone, config.weights, crop_pct=config.crop_pct)
     with BottleneckCache(config.bottleneck_dir) as cache:
-        bottlenecks = compute_bottlenecks(index.records, backbone, cache, runtime=config.runtime,
-                                          precision=config.precision, batch_size=config.extraction_batch_size,
-                                          workers=config.workers, progress=config.progress)
+        bottlenecks = compute_bottlenecks(
+            index.records,
+            backbone,
+            cache,
+            runtime=config.runtime,
+            precision=config.precision,
+            batch_size=config.extraction_batch_size,
+            workers=config.workers,
+            progress=config.progress,
+        )
     parts = split_bottlenecks(index.labels, bottlenecks)
     return FeatureSet(
-        image_dir=index.root, labels=index.labels, backbone=backbone, runtime=bottlenecks.runtime,
-        x_train=parts["training"][1], y_train=parts["training"][2],
-        x_val=parts["validation"][1], y_val=parts["validation"][2],
-        x_test=parts["testing"][1], y_test=parts["testing"][2], test_records=parts["testing"][0],
-        computed=bottlenecks.computed, cached=bottlenecks.cached,
-        skipped=len(index.skipped) + len(bottlenecks.skipped), bottleneck_s=time.perf_counter() - start)
+        image_dir=index.root,
+        labels=index.labels,
+        backbone=backbone,
+        runtime=bottlenecks.runtime,
+        x_train=parts["training"][1],
+        y_train=parts["training"][2],
+        x_val=parts["validation"][1],
+        y_val=parts["validation"][2],
+        x_test=parts["testing"][1],
+        y_test=parts["testing"][2],
+        test_records=parts["testing"][0],
+        computed=bottlenecks.computed,
+        cached=bottlenecks.cached,
+        skipped=len(index.skipped) + len(bottlenecks.skipped),
+        bottleneck_s=time.perf_counter() - start,
+    )
 
 
 def describe_features(features: FeatureSet) -> dict[str, Any]:
     """Provenance of a feature set, for JSON output and reports."""
     choice = features.runtime
-    return {"image_dir": str(features.image_dir), "backbone": features.backbone.name,
-            "runtime": choice.key if choice else None, "labels": list(features.labels),
-            "n_features": features.n_features, "training": int(len(features.y_train)),
-            "validation": int(len(features.y_val)), "testing": int(len(features.y_test)),
-            "bottlenecks_computed": features.computed, "bottlenecks_cached": features.cached,
-            "skipped": features.skipped, "bottleneck_s": round(features.bottleneck_s, 3)}
+    return {
+        "image_dir": str(features.image_dir),
+        "backbone": features.backbone.name,
+        "runtime": choice.key if choice else None,
+        "labels": list(features.labels),
+        "n_features": features.n_features,
+        "training": int(len(features.y_train)),
+        "validation": int(len(features.y_val)),
+        "testing": int(len(features.y_test)),
+        "bottlenecks_computed": features.computed,
+        "bottlenecks_cached": features.cached,
+        "skipped": features.skipped,
+        "bottleneck_s": round(features.bottleneck_s, 3),
+    }
 
 
 @dataclass(frozen=True)
@@ -155,8 +172,9 @@ class _Fit:
     steps_run: int
 
 
-def _fit_and_score(config: RetrainConfig, features: FeatureSet, x_train: np.ndarray, y_train: np.ndarray,
-                   with_validation: bool = True) -> _Fit:
+def _fit_and_score(
+    config: RetrainConfig, features: FeatureSet, x_train: np.ndarray, y_train: np.ndarray, with_validation: bool = True
+) -> _Fit:
     head: SoftmaxHead = build_head(config, len(features.labels))
     use_val = with_validation and len(features.y_val) > 0
     start = time.perf_counter()
@@ -166,8 +184,15 @@ def _fit_and_score(config: RetrainConfig, features: FeatureSet, x_train: np.ndar
     val_acc = float(np.mean(head.predict(features.x_val) == features.y_val)) if len(features.y_val) else None
     final = head.history_[-1] if head.history_ else None
     cross_entropy = final.cross_entropy if final is not None and math.isfinite(final.cross_entropy) else None
-    return _Fit(test, val_acc, cross_entropy, best_validation_step(head.history_), train_s, bool(head.diverged_),
-                int(head.n_steps_run_))
+    return _Fit(
+        test,
+        val_acc,
+        cross_entropy,
+        best_validation_step(head.history_),
+        train_s,
+        bool(head.diverged_),
+        int(head.n_steps_run_),
+    )
 
 
 def best_validation_step(history: Sequence[Any]) -> int | None:
@@ -213,8 +238,14 @@ def check_grid(grid: Mapping[str, Sequence[Any]]) -> dict[str, list[Any]]:
     return out
 
 
-def sweep(image_dir: str | Path, grid: Mapping[str, Sequence[Any]], *, repeats: int = 1,
-          features: FeatureSet | None = None, **settings: Any) -> SweepResult:
+def sweep(
+    image_dir: str | Path,
+    grid: Mapping[str, Sequence[Any]],
+    *,
+    repeats: int = 1,
+    features: FeatureSet | None = None,
+    **settings: Any,
+) -> SweepResult:
     """Train one head per cell of ``grid`` (flag name -> values) and ``repeats`` seeds, on cached bottlenecks.
 
     ``settings`` are other :class:`~headstart.config.RetrainConfig` fields
@@ -238,15 +269,22 @@ def sweep(image_dir: str | Path, grid: Mapping[str, Sequence[Any]], *, repeats: 
     rows = []
     for number, cell_values in enumerate(cells, 1):
         cell = dict(zip(names, cell_values))
-        fits = [_fit_and_score(replace(base, **cell, seed=base.seed + r), features, features.x_train,
-                               features.y_train) for r in range(repeats)]
+        fits = [
+            _fit_and_score(replace(base, **cell, seed=base.seed + r), features, features.x_train, features.y_train)
+            for r in range(repeats)
+        ]
         row: dict[str, Any] = {k: getattr(base, k) for k in SWEEPABLE}
         row.update(cell)
         row.update(_summarise(fits))
         rows.append(row)
-        log.info("cell %d/%d %s: test accuracy %.3f%s", number, len(cells),
-                 ", ".join(f"{k}={v}" for k, v in cell.items()), row["test_accuracy"],
-                 " (diverged)" if row["diverged"] else "")
+        log.info(
+            "cell %d/%d %s: test accuracy %.3f%s",
+            number,
+            len(cells),
+            ", ".join(f"{k}={v}" for k, v in cell.items()),
+            row["test_accuracy"],
+            " (diverged)" if row["diverged"] else "",
+        )
     return SweepResult(tuple(rows), swept, repeats, describe_features(features), time.perf_counter() - start)
 
 
@@ -306,8 +344,14 @@ def sample_per_class(y: np.ndarray, n: int | str, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(picked))
 
 
-def curve(image_dir: str | Path, images_per_class: Sequence[int | str], *, repeats: int = 5,
-          features: FeatureSet | None = None, **settings: Any) -> CurveResult:
+def curve(
+    image_dir: str | Path,
+    images_per_class: Sequence[int | str],
+    *,
+    repeats: int = 5,
+    features: FeatureSet | None = None,
+    **settings: Any,
+) -> CurveResult:
     """Test accuracy against training images per class, with the spread over ``repeats`` random samples.
 
     The test split stays fixed (retrain's hash split), so the points differ only in
@@ -327,143 +371,49 @@ def curve(image_dir: str | Path, images_per_class: Sequence[int | str], *, repea
         for r in range(repeats):
             seed = base.seed + r
             rows_idx = sample_per_class(features.y_train, n, seed=10_000 + seed)
-            fit = _fit_and_score(replace(base, seed=seed), features, features.x_train[rows_idx],
-                                 features.y_train[rows_idx], with_validation=False)
+            fit = _fit_and_score(
+                replace(base, seed=seed),
+                features,
+                features.x_train[rows_idx],
+                features.y_train[rows_idx],
+                with_validation=False,
+            )
             accs.append(fit.test.accuracy)
             precisions.append(fit.test.macro_precision)
             counts.append(len(rows_idx))
         n_classes = len(features.labels)
-        rows.append({
-            "images_per_class": n,
-            "accuracy_mean": _r(float(np.mean(accs))),
-            "accuracy_std": _r(float(np.std(accs))),
-            "accuracy_min": _r(float(np.min(accs))),
-            "accuracy_max": _r(float(np.max(accs))),
-            "macro_precision_mean": _r(float(np.mean(precisions))),
-            "n_train": int(round(float(np.mean(counts)))),
-            "train_images_per_class": round(float(np.mean(counts)) / n_classes, 1),
-            "n_test": int(len(features.y_test)),
-            "repeats": repeats,
-        })
-        log.info("%s images per class: accuracy %.3f ± %.3f", n, rows[-1]["accuracy_mean"],
-                 rows[-1]["accuracy_std"])
+        rows.append(
+            {
+                "images_per_class": n,
+                "accuracy_mean": _r(float(np.mean(accs))),
+                "accuracy_std": _r(float(np.std(accs))),
+                "accuracy_min": _r(float(np.min(accs))),
+                "accuracy_max": _r(float(np.max(accs))),
+                "macro_precision_mean": _r(float(np.mean(precisions))),
+                "n_train": int(round(float(np.mean(counts)))),
+                "train_images_per_class": round(float(np.mean(counts)) / n_classes, 1),
+                "n_test": int(len(features.y_test)),
+                "repeats": repeats,
+            }
+        )
+        log.info("%s images per class: accuracy %.3f ± %.3f", n, rows[-1]["accuracy_mean"], rows[-1]["accuracy_std"])
         if n != "all" and int(n) > per_class_max:
-            log.warning("asked for %d images per class; the largest class has %d training images", n,
-                        per_class_max)
+            log.warning("asked for %d images per class; the largest class has %d training images", n, per_class_max)
     return CurveResult(tuple(rows), repeats, describe_features(features), time.perf_counter() - start)
 
 
-# ---------------------------------------------------------------- backbone comparison
-
-
-@dataclass(frozen=True)
-class ModelCost:
-    """What running a backbone costs, measured on the model alone."""
-
-    params: int
-    macs: int
-    input_size: int
-    bottleneck_size: int
-    images_per_s: float
-    latency_ms: float
-    runtime: str
-
-
-def _fastest(call: Any, seconds: float, at_least: int = 5) -> float:
-    """Seconds of the fastest of repeated calls (after one warm-up), timed for about ``seconds``."""
-    from .bench.timing import time_calls
-
-    return time_calls(call, seconds=seconds, repeats=at_least, warmup=1).best_s
-
-
-def measure_backbone(backbone: Backbone, runtime: str | RuntimeChoice = "auto", precision: str = "auto", *,
-                     model_dir: Path | None = None, batch_size: int = 32, seconds: float = 1.0) -> ModelCost:
-    """Parameters and multiply-adds of the torch model, and speed on the chosen runtime.
-
-    Speed is timed on the network alone (random pixels, no decoding), so it
-    compares networks and not disks: images/s on batches of ``batch_size`` and
-    batch-1 latency, each the fastest call in about ``seconds`` of calls.
-    """
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from .networks import create_model
-    from .runtimes import create_runner
-
-    choice = runtime if isinstance(runtime, RuntimeChoice) else resolve_runtime(runtime, precision)
-    size = backbone.preprocessing.input_size
-    model = create_model(backbone)
-    params = int(sum(p.numel() for p in model.parameters()))
-    with torch.inference_mode():
-        counter = FlopCounterMode(display=False)
-        with counter:
-            out = model(torch.zeros(1, 3, size, size))
-    macs = int(counter.get_total_flops() // 2)  # the counter reports 2 FLOPs per multiply-add
-    dim = int(out.shape[-1])
-    del model
-    runner = create_runner(backbone, choice, model_dir or _model_dir(None))
-    rng = np.random.default_rng(0)
-    batch = rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
-    # The fastest of several timed calls: on a shared machine other work only ever adds time.
-    batch_s = _fastest(lambda: runner(batch), seconds)
-    latency_s = _fastest(lambda: runner(batch[:1]), seconds)
-    images_per_s, latency = batch_size / batch_s, latency_s
-    return ModelCost(params, macs, size, dim, images_per_s, 1000 * latency, choice.key)
-
-
-def _model_dir(bottleneck_dir: str | Path | None) -> Path:
-    """Where converted models live: beside the bottleneck cache, as extraction keeps them."""
-
-
-    return models_dir(bottleneck_dir)
-
-
-def compare(image_dir: str | Path, backbones: Sequence[str], *, measure_speed: bool = True,
-            timing_seconds: float = 1.0, **settings: Any) -> CompareResult:
-    """Each backbone's size and speed, and the test accuracy a head trained on its bottlenecks reaches.
-
-    Every backbone gets the same split, the same head settings and the same seed.
-    Bottlenecks come from the cache when they are there; a backbone seen for the
-    first time is run over the whole folder once (``extraction_s``).
-    """
-    start = time.perf_counter()
-    names = [b.strip() for b in backbones if b.strip()]
-    if not names:
-        raise UsageError("--backbones: give at least one backbone", hint="e.g. efficientnet_lite0,efficientnet_lite1")
-    if len(set(names)) != len(names):
-        raise UsageError("--backbones: a backbone is named twice")
-    base = training_config(image_dir, **settings)
-    check_config(base)
-    rows = []
-    for name in names:
-        config = replace(base, backbone=name)
-        resolve_backbone(name, config.weights, crop_pct=config.crop_pct)  # fail early on a bad name
-        features = load_features(config)
-        fit = _fit_and_score(config, features, features.x_train, features.y_train)
-        row: dict[str, Any] = {
-            "backbone": name, "timm_name": features.backbone.timm_name,
-            "input_size": features.backbone.preprocessing.input_size, "bottleneck_size": features.n_features,
-            "test_accuracy": _r(fit.test.accuracy), "macro_precision": _r(fit.test.macro_precision),
-            "macro_recall": _r(fit.test.macro_recall), "validation_accuracy": _r(fit.validation_accuracy),
-            "train_s": _r(fit.train_s), "n_test": int(fit.test.n),
-            "bottlenecks_computed": features.computed,
-            "extraction_s": _r(features.bottleneck_s, 3) if features.computed else None,
-            "extraction_images_per_s": _r(features.computed / features.bottleneck_s, 1)
-            if features.computed and features.bottleneck_s > 0 else None,
-            "runtime": features.runtime.key if features.runtime else None,
-        }
-        if measure_speed:
-            cost = measure_backbone(features.backbone, features.runtime or config.runtime, config.precision,
-                                    model_dir=_model_dir(config.bottleneck_dir), seconds=timing_seconds)
-            row.update({"params": cost.params, "params_m": round(cost.params / 1e6, 2), "macs": cost.macs,
-                        "gmacs": round(cost.macs / 1e9, 3), "images_per_s": round(cost.images_per_s, 1),
-                        "latency_ms": round(cost.latency_ms, 2)})
-        rows.append(row)
-        log.info("%s: test accuracy %.3f", name, fit.test.accuracy)
-    training = {k: getattr(base, k) for k in SWEEPABLE}
-    return CompareResult(tuple(rows), training, time.perf_counter() - start)
-
-
-__all__ = ["SWEEPABLE", "CompareResult", "CurveResult", "FeatureSet", "ModelCost", "SweepResult",
-           "best_validation_step", "check_grid", "compare", "curve", "describe_features", "load_features",
-           "measure_backbone", "parse_sizes", "sample_per_class", "sweep", "training_config"]
+__all__ = [
+    "SWEEPABLE",
+    "CurveResult",
+    "FeatureSet",
+    "SweepResult",
+    "best_validation_step",
+    "check_grid",
+    "curve",
+    "describe_features",
+    "load_features",
+    "parse_sizes",
+    "sample_per_class",
+    "sweep",
+    "training_config",
+]

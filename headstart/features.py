@@ -192,7 +192,7 @@ def compute_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cach
     ``"auto"`` (:func:`resolve_decode_mode`).  With an active ``distortion``
     the vectors are those of each image's distorted copy, cached under their own key.
     """
-    if ray is not None:  # a headstart.distributed.RaySettings: the misses are computed on a Ray cluster
+    if ray is not None:  # a headstart.ray_cluster.RaySettings: the misses are computed on a Ray cluster
         from .distributed import compute_bottlenecks_on_ray
 
         return compute_bottlenecks_on_ray(records, backbone, cache, ray, runtime=runtime, precision=precision,

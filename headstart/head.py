@@ -22,6 +22,10 @@ Weights are stored ``[in, out]`` (``X @ W + b``), float32, under the names
     x = (x - mean) / std            # standardize=True
     x = relu(x @ W_h + b_h)         # hidden_units > 0 (dropout only in training)
     p = softmax(x @ W + b)
+
+This module is the estimator (training, inference, ``to_state`` / ``from_state``);
+:mod:`headstart.head_state` holds the saved form's format tag and the checks a
+saved head passes before it is rebuilt, and :mod:`headstart.head_math` the numerics.
 """
 
 from __future__ import annotations
@@ -36,8 +40,6 @@ from typing import Any
 
 import numpy as np
 
-from headstart.checks import is_int as _is_int
-from headstart.errors import ModelError
 from headstart.head_math import (
     Weights,
     _accuracy_and_cross_entropy,
@@ -55,27 +57,18 @@ from headstart.head_math import (
     _UniformSampler,
     head_param_problems,
 )
+from headstart.head_state import STATE_FORMAT, STATE_VERSION, HeadStateError, check_head_state
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HeadStateError", "NotFittedError", "SoftmaxHead", "TrainStep"]
+__all__ = ["NotFittedError", "SoftmaxHead", "TrainStep"]
 
 EARLY_STOPPING_EVERY = 10  # steps between measurements of the whole validation loss
-STATE_FORMAT = "headstart.softmax_head"
-STATE_VERSION = 1
 _PREDICT_CHUNK = 8192  # rows per forward pass at inference: bounds memory with a hidden layer
 
 
 class NotFittedError(RuntimeError):
     """The head was used before ``fit`` (or ``from_state``) gave it weights."""
-
-
-class HeadStateError(ModelError, ValueError):
-    """Saved head tensors or config do not fit together.
-
-    A :class:`~headstart.errors.ModelError` so the CLI reports it in one line, and a
-    ``ValueError`` for library callers.
-    """
 
 
 @dataclass(frozen=True)
@@ -96,7 +89,6 @@ class TrainStep:
     cross_entropy: float
     validation_accuracy: float | None
     validation_cross_entropy: float | None
-
 
 
 class SoftmaxHead:
@@ -144,12 +136,24 @@ class SoftmaxHead:
     the logits by it).
     """
 
-    def __init__(self, n_classes: int | None = None, hidden_units: int = 0, dropout: float = 0.0,
-                 optimizer: str = "sgd", learning_rate: float = 0.01, train_batch_size: int = 100,
-                 how_many_training_steps: int = 4000, weight_decay: float = 0.0,
-                 eval_step_interval: int = 10, validation_batch_size: int = 100,
-                 standardize: bool = False, seed: int = 0, early_stopping: bool = False,
-                 label_smoothing: float = 0.0, sampling: str = "class") -> None:
+    def __init__(
+        self,
+        n_classes: int | None = None,
+        hidden_units: int = 0,
+        dropout: float = 0.0,
+        optimizer: str = "sgd",
+        learning_rate: float = 0.01,
+        train_batch_size: int = 100,
+        how_many_training_steps: int = 4000,
+        weight_decay: float = 0.0,
+        eval_step_interval: int = 10,
+        validation_batch_size: int = 100,
+        standardize: bool = False,
+        seed: int = 0,
+        early_stopping: bool = False,
+        label_smoothing: float = 0.0,
+        sampling: str = "class",
+    ) -> None:
         self.n_classes = n_classes
         self.hidden_units = hidden_units
         self.dropout = dropout
@@ -189,8 +193,9 @@ class SoftmaxHead:
         return f"SoftmaxHead({changed})"
 
     # ------------------------------------------------------------------ training
-    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None,
-            callback: Callable[[TrainStep], None] | None = None) -> "SoftmaxHead":
+    def fit(
+        self, X: Any, y: Any, X_val: Any = None, y_val: Any = None, callback: Callable[[TrainStep], None] | None = None
+    ) -> "SoftmaxHead":
         """Train on bottlenecks ``X`` [N, F] with integer labels ``y`` [N].
 
         ``callback`` gets each :class:`TrainStep` as it is logged (every
@@ -207,8 +212,9 @@ class SoftmaxHead:
             raise ValueError("X has no rows: need training examples")
         n_classes = int(y.max()) + 1 if self.n_classes is None else int(self.n_classes)
         if n_classes < 2 or len(np.unique(y)) < 2:
-            raise ValueError(f"need at least 2 classes to train a classifier, y has "
-                             f"{len(np.unique(y))} distinct label(s)")
+            raise ValueError(
+                f"need at least 2 classes to train a classifier, y has {len(np.unique(y))} distinct label(s)"
+            )
         _check_label_range(y, "y", n_classes)
         has_val = X_val is not None or y_val is not None
         if has_val:
@@ -231,9 +237,9 @@ class SoftmaxHead:
 
         # Overflow is expected while a run diverges; it is detected and reported, not warned about.
         with _single_blas_thread(), np.errstate(over="ignore", invalid="ignore"):
-            weights, history, diverged, steps_run, best_step = self._train(X, y, X_val if has_val else None,
-                                                                           y_val if has_val else None,
-                                                                           n_classes, callback)
+            weights, history, diverged, steps_run, best_step = self._train(
+                X, y, X_val if has_val else None, y_val if has_val else None, n_classes, callback
+            )
 
         self.classes_ = np.arange(n_classes)
         self.n_features_in_ = int(X.shape[1])
@@ -253,9 +259,15 @@ class SoftmaxHead:
         """Checked float32 rows; headstart.stream_head.StreamingHead also takes rows on disk, read per batch."""
         return _as_features(X, "X")
 
-    def _train(self, X: np.ndarray, y: np.ndarray, X_val: np.ndarray | None, y_val: np.ndarray | None,
-               n_classes: int, callback: Callable[[TrainStep], None] | None,
-               ) -> tuple[Weights, list[TrainStep], bool, int, int]:
+    def _train(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        X_val: np.ndarray | None,
+        y_val: np.ndarray | None,
+        n_classes: int,
+        callback: Callable[[TrainStep], None] | None,
+    ) -> tuple[Weights, list[TrainStep], bool, int, int]:
         """The retrain.py loop: sample, step, and every ``eval_step_interval`` steps evaluate.
 
         Returns the kept weights, the history, whether training diverged, how many
@@ -336,13 +348,15 @@ class SoftmaxHead:
             return weights, history, False, steps, steps - 1
 
         row = evaluate(good, Xb, yb, step)
-        row = TrainStep(step, row.train_accuracy, math.nan, row.validation_accuracy,
-                        row.validation_cross_entropy)
+        row = TrainStep(step, row.train_accuracy, math.nan, row.validation_accuracy, row.validation_cross_entropy)
         history.append(row)
         if callback is not None:
             callback(row)
-        log.warning("Training diverged at step %d (loss or weights not finite); kept the last "
-                    "weights with a finite loss. Try a lower learning_rate.", step)
+        log.warning(
+            "Training diverged at step %d (loss or weights not finite); kept the last "
+            "weights with a finite loss. Try a lower learning_rate.",
+            step,
+        )
         return good, history, True, step + 1, step
 
     def _check_params(self) -> None:
@@ -358,10 +372,10 @@ class SoftmaxHead:
         X = _as_features(X, "X", self.n_features_in_)
         out = np.empty((len(X), len(self.classes_)), dtype=np.float32)
         for lo in range(0, len(X), _PREDICT_CHUNK):
-            chunk = X[lo:lo + _PREDICT_CHUNK]
+            chunk = X[lo : lo + _PREDICT_CHUNK]
             if self.feature_mean_ is not None:
                 chunk = (chunk - self.feature_mean_) / self.feature_std_
-            out[lo:lo + _PREDICT_CHUNK] = _logits(self.weights_, chunk)
+            out[lo : lo + _PREDICT_CHUNK] = _logits(self.weights_, chunk)
         return out
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -377,8 +391,9 @@ class SoftmaxHead:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "weights_"):
-            raise NotFittedError("this SoftmaxHead is not fitted yet: call fit(X, y) first, "
-                                 "or load one with SoftmaxHead.from_state()")
+            raise NotFittedError(
+                "this SoftmaxHead is not fitted yet: call fit(X, y) first, or load one with SoftmaxHead.from_state()"
+            )
 
     # ------------------------------------------------------------------ persistence
     def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -417,73 +432,26 @@ class SoftmaxHead:
         key that does not match, so a damaged or mismatched bundle fails loudly
         instead of predicting garbage.
         """
-        if config.get("format", STATE_FORMAT) != STATE_FORMAT:
-            raise HeadStateError(f"config format is {config.get('format')!r}, expected {STATE_FORMAT!r}")
-        if config.get("format_version", STATE_VERSION) > STATE_VERSION:
-            raise HeadStateError(f"config format_version {config['format_version']} is newer than "
-                                 f"this headstart understands ({STATE_VERSION})", hint="upgrade headstart")
-        for key in ("n_features", "n_classes", "hidden_units", "standardize"):
-            if key not in config:
-                raise HeadStateError(f"head config lacks {key!r}")
-        n_features, n_classes, hidden = config["n_features"], config["n_classes"], config["hidden_units"]
-        if not (_is_int(n_features) and n_features >= 1):
-            raise HeadStateError(f"config n_features must be an integer >= 1, got {n_features!r}")
-        if not (_is_int(n_classes) and n_classes >= 2):
-            raise HeadStateError(f"config n_classes must be an integer >= 2, got {n_classes!r}")
-        if not (_is_int(hidden) and hidden >= 0):
-            raise HeadStateError(f"config hidden_units must be an integer >= 0, got {hidden!r}")
-        activation = config.get("activation", "relu" if hidden else None)
-        if activation != ("relu" if hidden else None):
-            raise HeadStateError(f"config activation {activation!r} is not supported with "
-                                 f"hidden_units={hidden}")
-        layout = config.get("weight_layout", "in_out")
-        if layout != "in_out":
-            raise HeadStateError(f"config weight_layout {layout!r} is not supported (expected 'in_out')")
-
-        expected: dict[str, tuple[int, ...]] = {}
-        if hidden:
-            expected["hidden.weight"] = (n_features, hidden)
-            expected["hidden.bias"] = (hidden,)
-        expected["final.weight"] = (hidden or n_features, n_classes)
-        expected["final.bias"] = (n_classes,)
-        if config["standardize"]:
-            expected["standardize.mean"] = (n_features,)
-            expected["standardize.std"] = (n_features,)
-        for name in tensors:
-            if name not in expected:
-                raise HeadStateError(f"unexpected tensor {name!r} for this head config "
-                                     f"(expected {', '.join(expected)})")
-        loaded: dict[str, np.ndarray] = {}
-        for name, shape in expected.items():
-            if name not in tensors:
-                raise HeadStateError(f"missing tensor {name!r}")
-            value = np.array(tensors[name], dtype=np.float32, copy=True)
-            if value.shape != shape:
-                raise HeadStateError(f"tensor {name!r} has shape {value.shape}, expected {shape} "
-                                     f"(n_features={n_features}, n_classes={n_classes}, "
-                                     f"hidden_units={hidden})")
-            if not np.isfinite(value).all():
-                raise HeadStateError(f"tensor {name!r} contains NaN or infinity")
-            loaded[name] = value
-        if config["standardize"] and not (loaded["standardize.std"] > 0).all():
-            raise HeadStateError("tensor 'standardize.std' has values <= 0")
-
+        state = check_head_state(tensors, config)
         known = set(cls._param_names())
         params = {k: v for k, v in config.get("params", {}).items() if k in known}
         # The tensors decide the architecture; the rest of params is provenance.
-        head = cls(**{**params, "hidden_units": hidden, "standardize": bool(config["standardize"])})
-        head.classes_ = np.arange(n_classes)
-        head.n_features_in_ = n_features
-        head.feature_mean_ = loaded.pop("standardize.mean", None)
-        head.feature_std_ = loaded.pop("standardize.std", None)
-        head.weights_ = loaded
+        head = cls(**{**params, "hidden_units": state.hidden_units, "standardize": bool(config["standardize"])})
+        head.classes_ = np.arange(state.n_classes)
+        head.n_features_in_ = state.n_features
+        head.feature_mean_ = state.feature_mean
+        head.feature_std_ = state.feature_std
+        head.weights_ = state.weights
         head.history_ = []
         head.diverged_ = bool(config.get("diverged", False))
         head.n_steps_run_ = int(config.get("n_steps_run", 0))
         head.best_step_ = max(0, head.n_steps_run_ - 1)
         temperature = config.get("temperature", 1.0)
-        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not (
-                math.isfinite(temperature) and temperature > 0):
+        if (
+            not isinstance(temperature, (int, float))
+            or isinstance(temperature, bool)
+            or not (math.isfinite(temperature) and temperature > 0)
+        ):
             raise HeadStateError(f"config temperature must be a positive number, got {temperature!r}")
         head.temperature_ = float(temperature)
         head.fit_seconds_ = 0.0

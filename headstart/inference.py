@@ -145,7 +145,7 @@ def evaluate(model: str | Path, image_dir: str | Path, *, bottleneck_dir: str | 
              progress: bool = True, ray: Any = None) -> EvaluateResult:
     """The test metrics of a saved model on another labelled folder (folders matched to labels by name).
 
-    ``ray`` (a :class:`headstart.distributed.RaySettings`) computes the bottlenecks on a Ray cluster.
+    ``ray`` (a :class:`headstart.ray_cluster.RaySettings`) computes the bottlenecks on a Ray cluster.
     """
     check_existing_dir(image_dir, "--image_dir")
     with load_model(model, runtime=runtime, precision=precision, weights=weights, bottleneck_dir=bottleneck_dir,

@@ -84,7 +84,7 @@ def index_training_folder(config: RetrainConfig) -> ImageIndex:
     index = index_image_dir(config.image_dir, config.validation_percentage, config.testing_percentage)
     if not config.exclude_from:
         return index
-    from .doctor import load_exclusions
+    from .doctor_results import load_exclusions
 
     where, _, kinds = config.exclude_from.partition(":")
     excluded = load_exclusions(where, [k for k in kinds.split(",") if k] or None)
@@ -97,7 +97,8 @@ def run_doctor(config: RetrainConfig) -> tuple[str, dict[str, Any]]:
     """``--doctor``: the data doctor on the same folder, split and cache; doctor.json and its summary."""
     import json
 
-    from .doctor import doctor, summary_line
+    from .doctor import doctor
+    from .doctor_results import summary_line
 
     report = doctor(config.image_dir, bottleneck_dir=config.bottleneck_dir, backbone=config.backbone,
                     weights=config.weights, crop_pct=config.crop_pct, runtime=config.runtime,

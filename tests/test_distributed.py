@@ -57,8 +57,8 @@ def test_bad_ray_flags_are_usage_errors(tmp_path: Path, fashion_dir: Path) -> No
 
 
 def test_the_pool_fits_the_cluster() -> None:
-    from headstart.distributed import RaySettings, plan_pool
     from headstart.errors import UsageError
+    from headstart.ray_cluster import RaySettings, plan_pool
 
     nodes = [{"Alive": True, "Resources": {"CPU": 16.0}}, {"Alive": True, "Resources": {"CPU": 8.0, "GPU": 2.0}},
              {"Alive": False, "Resources": {"CPU": 64.0}}]
@@ -118,7 +118,7 @@ def _models(cache_dir: Path, shared_cache_dir: Path) -> Path:
 
 
 def _settings(actors: int | None = None):
-    from headstart.distributed import RaySettings
+    from headstart.ray_cluster import RaySettings
 
     return RaySettings("auto", actors)  # "auto" is never dialled: the test's connection is used
 

@@ -23,7 +23,8 @@ from doctor_planting import (
 from PIL import Image
 
 from headstart.data import which_split
-from headstart.doctor import FINDING_KINDS, DoctorReport, doctor, load_exclusions, summary_line, write_fix_script
+from headstart.doctor import doctor, write_fix_script
+from headstart.doctor_results import FINDING_KINDS, DoctorReport, load_exclusions, summary_line
 from headstart.errors import UsageError
 
 
@@ -297,7 +298,7 @@ def test_load_exclusions_refuses_unknown_kind(tmp_path: Path) -> None:
 
 
 def test_summary_line_wording() -> None:
-    from headstart.doctor import LabelIssue, Leak, NearDuplicateGroup, NearDuplicatePair
+    from headstart.doctor_results import LabelIssue, Leak, NearDuplicateGroup, NearDuplicatePair
 
     issue = LabelIssue("a/1.png", "r", 0.9, "a", "b", 0.05, 0.9, "training", True)
     pair = NearDuplicatePair("a/1.png", "a/2.png", 0.97, 0.5)

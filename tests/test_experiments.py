@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from headstart.errors import UsageError
-from headstart.experiments import (best_validation_step, check_grid, compare, curve, load_features, parse_sizes,
+from headstart.backbone_comparison import compare
+from headstart.experiments import (best_validation_step, check_grid, curve, load_features, parse_sizes,
                                    sample_per_class, sweep, training_config)
 from headstart.head import TrainStep
 

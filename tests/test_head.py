@@ -14,8 +14,9 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from headstart.errors import ModelError
-from headstart.head import HeadStateError, NotFittedError, SoftmaxHead, TrainStep
+from headstart.head import NotFittedError, SoftmaxHead, TrainStep
 from headstart.head_math import _ClassBalancedSampler, _log_softmax, _loss_and_grads, _truncated_normal
+from headstart.head_state import HeadStateError
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from headstart.report import (MAX_GALLERY, plot_compare, plot_confusion_matrix, plot_curve, plot_sweep,
-                              plot_training_curves, rebuild_run_report, render_compare_report,
-                              render_curve_report, render_run_report, render_sweep_report, thumbnail)
+from headstart.lab_report import render_compare_report, render_curve_report, render_sweep_report
+from headstart.plots import plot_compare, plot_confusion_matrix, plot_curve, plot_sweep, plot_training_curves
+from headstart.report import MAX_GALLERY, rebuild_run_report, render_run_report
+from headstart.report_page import thumbnail
 
 PNG = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)

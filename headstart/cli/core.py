@@ -71,14 +71,14 @@ def add_ray_flags(parser: argparse.ArgumentParser, *, max_memory: bool = False) 
 
 
 def ray_settings(args: argparse.Namespace) -> Any:
-    """The parsed Ray flags, checked, as :class:`headstart.distributed.RaySettings` (None without ``--ray``)."""
+    """The parsed Ray flags, checked, as :class:`headstart.ray_cluster.RaySettings` (None without ``--ray``)."""
     from ..config import check_value
 
     for name in RAY_FLAGS:
         check_value(name, getattr(args, name))
     if args.ray is None:
         return None
-    from ..distributed import RaySettings
+    from ..ray_cluster import RaySettings
 
     return RaySettings(args.ray, args.ray_actors, float(args.ray_gpus_per_actor), args.ray_cpus_per_actor)
 

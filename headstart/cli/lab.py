@@ -126,7 +126,8 @@ def _register_sweep(sub: Any) -> None:
 
 def run_sweep(args: argparse.Namespace) -> int:
     from ..experiments import SWEEPABLE, sweep
-    from ..report import plot_sweep, render_sweep_report
+    from ..lab_report import render_sweep_report
+    from ..plots import plot_sweep
 
     grid = {name: getattr(args, name) for name in SWEEPABLE}
     result = sweep(args.image_dir, grid, repeats=args.repeats, validation_batch_size=args.validation_batch_size,
@@ -181,7 +182,8 @@ def _register_curve(sub: Any) -> None:
 
 def run_curve(args: argparse.Namespace) -> int:
     from ..experiments import curve
-    from ..report import plot_curve, render_curve_report
+    from ..lab_report import render_curve_report
+    from ..plots import plot_curve
 
     training = {k: getattr(args, k) for k in ("how_many_training_steps", "learning_rate", "optimizer",
                                               "train_batch_size", "hidden_units", "dropout", "weight_decay")}
@@ -220,8 +222,9 @@ def _register_compare(sub: Any) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from ..experiments import compare
-    from ..report import plot_compare, render_compare_report
+    from ..backbone_comparison import compare
+    from ..lab_report import render_compare_report
+    from ..plots import plot_compare
 
     training = {k: getattr(args, k) for k in ("how_many_training_steps", "learning_rate", "optimizer",
                                               "train_batch_size", "hidden_units", "dropout", "weight_decay")}
