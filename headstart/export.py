@@ -130,7 +130,7 @@ def create_classifier(bundle: Bundle, backbone: "Backbone") -> "torch.nn.Module"
     export says "unknown" exactly when the run directory does.
     """
     from .graph import create_classifier_module
-    from .model import load_head, load_novelty
+    from .run_model import load_head, load_novelty
 
     head = load_head(bundle)
     return create_classifier_module(backbone, fold_head(head.to_state()[0], head.temperature_),
@@ -145,7 +145,7 @@ def describe_export(bundle: Bundle, backbone: "Backbone", model_format: str, pre
                     path: Path | None = None) -> ExportDescription:
     """The sidecar without the self-check: also stored, as JSON, in the ONNX metadata."""
     from . import __version__
-    from .model import load_novelty
+    from .run_model import load_novelty
 
     novelty = load_novelty(bundle)
     unknown = None if novelty is None else {
@@ -361,7 +361,7 @@ def export_model(model: str | Path, *, model_format: str = "onnx", precision: st
                          hint="fp16 targets GPUs: use --format openvino or tensorrt" if precision == "fp16" else None)
     if max_accuracy_drop < 0:
         raise UsageError("--max_accuracy_drop must be 0 or more (points of test accuracy)")
-    from .model import resolve_model_backbone
+    from .run_model import resolve_model_backbone
 
     bundle = load_bundle(model)
     backbone = resolve_model_backbone(bundle, weights)

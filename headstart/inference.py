@@ -21,7 +21,7 @@ from .data import ImageRecord, SkippedImage, find_images, index_image_dir
 from .errors import ModelError, UsageError
 from .metrics import Evaluation, Misclassified, find_misclassified
 from .metrics import evaluate as evaluate_predictions
-from .model import Classifier, Prediction, RunClassifier, load_model
+from .model import Classifier, Prediction, load_model
 from .model import top_k as top_labels
 
 
@@ -117,6 +117,8 @@ def _share(classifier: Classifier, ood: np.ndarray | None) -> UnknownShare | Non
 def fill_on_ray(classifier: Classifier, records: Sequence[ImageRecord], bottleneck_dir: str | Path | None,
                 ray: Any, progress: bool) -> None:
     """Compute the missing bottlenecks on a Ray cluster first (``--ray``); the model then finds them cached."""
+    from .run_model import RunClassifier
+
     if not isinstance(classifier, RunClassifier):
         raise UsageError("--ray needs a run directory: an exported model file runs on this machine only",
                          hint="pass the run directory written by 'headstart retrain' as --model")

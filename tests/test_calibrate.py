@@ -123,7 +123,7 @@ def test_exports_carry_the_same_unknown_answer(trained_run, exported_onnx, expor
 
 def test_calibrated_scores_are_what_label_prints(trained_run, fashion_holdout_dir) -> None:
     from headstart.inference import label
-    from headstart.model import load_head
+    from headstart.run_model import load_head
     from headstart.bundle import load_bundle
 
     head = load_head(load_bundle(trained_run.run_dir))

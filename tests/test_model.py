@@ -12,7 +12,8 @@ from PIL import Image
 from headstart.data import find_images
 from headstart.errors import ImageError, ModelError, UsageError
 from headstart.inference import label
-from headstart.model import ExportedClassifier, Prediction, RunClassifier, load_model
+from headstart.model import ExportedClassifier, Prediction, load_model
+from headstart.run_model import RunClassifier
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from headstart.bundle import HEAD_NAME, LABELS_NAME, MANIFEST_NAME, load_bundle
 from headstart.data import Preprocessing
 from headstart.errors import ModelError
-from headstart.model import load_head
+from headstart.run_model import load_head
 
 from clitools import assert_one_line_error
 

@@ -92,7 +92,7 @@ def _bench_candidates(bundle: Bundle | None, exported: Path | None, exported_for
 
     def module() -> "torch.nn.Module":
         if "m" not in module_box:
-            from ..model import resolve_model_backbone
+            from ..run_model import resolve_model_backbone
 
             assert bundle is not None  # only called when have_torch, which needs a bundle
 
@@ -124,7 +124,7 @@ def _bench_candidates(bundle: Bundle | None, exported: Path | None, exported_for
 
         files.append((exported, exported_format or "onnx", read_model_info(exported).precision))
     elif bundle is not None and have_torch:
-        from ..model import resolve_model_backbone
+        from ..run_model import resolve_model_backbone
 
         backbone = resolve_model_backbone(bundle)
         description = describe_export(bundle, backbone, "onnx", "fp32")

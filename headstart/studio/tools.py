@@ -44,7 +44,8 @@ class ModelCache:
             if clf is not None:
                 self._models.move_to_end(key)
                 return clf
-        from ..model import RunClassifier, load_model
+        from ..model import load_model
+        from ..run_model import RunClassifier
 
         clf = load_model(path, bottleneck_dir=self.engine.cache_dir, use_cache=True)
         if isinstance(clf, RunClassifier) and clf.bundle.backbone.fine_tune_blocks is None:
