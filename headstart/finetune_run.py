@@ -136,7 +136,7 @@ def fine_tune_retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None
 
         train_start = time.perf_counter()
         x_train0, x_val0 = initial("training"), initial("validation")
-        head0 = build_head(config, len(index.labels))
+        head0 = build_head(config, len(index.labels), len(y["training"]))
         head0.fit(x_train0, y["training"], x_val0 if len(y["validation"]) else None,
                   y["validation"] if len(y["validation"]) else None, callback=on_step)
         head_s = time.perf_counter() - train_start

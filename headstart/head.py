@@ -89,6 +89,7 @@ class TrainStep:
     cross_entropy: float
     validation_accuracy: float | None
     validation_cross_entropy: float | None
+    steps: int = 0  # how many steps this training runs in all (for a progress bar's total)
 
 
 class SoftmaxHead:
@@ -302,7 +303,7 @@ class SoftmaxHead:
                     idx = val_sampler.sample(val_rng, int(self.validation_batch_size))
                     Xv, yv = X_val[idx], y_val[idx]
                 val_acc, val_ce = _accuracy_and_cross_entropy(w, Xv, yv)
-            return TrainStep(step, train_acc, train_ce, val_acc, val_ce)
+            return TrainStep(step, train_acc, train_ce, val_acc, val_ce, steps)
 
         history: list[TrainStep] = []
         good = weights  # the last weights that gave a finite training loss
@@ -348,7 +349,8 @@ class SoftmaxHead:
             return weights, history, False, steps, steps - 1
 
         row = evaluate(good, Xb, yb, step)
-        row = TrainStep(step, row.train_accuracy, math.nan, row.validation_accuracy, row.validation_cross_entropy)
+        row = TrainStep(step, row.train_accuracy, math.nan, row.validation_accuracy, row.validation_cross_entropy,
+                        steps)
         history.append(row)
         if callback is not None:
             callback(row)

@@ -58,8 +58,8 @@ def open_cache(bottleneck_dir: str | Path | None) -> BottleneckCache:
     return BottleneckCache(bottleneck_dir)
 
 
-def build_head(config: RetrainConfig, n_classes: int) -> SoftmaxHead:
-    return SoftmaxHead(n_classes=n_classes, **config.head_params())
+def build_head(config: RetrainConfig, n_classes: int, n_train: int | None = None) -> SoftmaxHead:
+    return SoftmaxHead(n_classes=n_classes, **config.head_params(n_train))
 
 
 def skipped_csv(skipped: Sequence[SkippedImage]) -> str:
@@ -228,8 +228,12 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
 
     warn_if_imbalanced(index.labels, y_train, config.class_weights)
     train_start = time.perf_counter()
-    head = (StreamingHead(n_classes=len(index.labels), **config.head_params()) if streaming
-            else build_head(config, len(index.labels)))
+    steps = config.training_steps(len(y_train))
+    if steps > config.how_many_training_steps:
+        log.info("Training for %d steps: %d passes over %d images (--min_epochs)", steps, config.min_epochs,
+                 len(y_train))
+    head = (StreamingHead(n_classes=len(index.labels), **config.head_params(len(y_train))) if streaming
+            else build_head(config, len(index.labels), len(y_train)))
     head.fit(x_train, y_train, x_val if len(y_val) else None, y_val if len(y_val) else None, callback=on_step)
     train_s = time.perf_counter() - train_start
     # Divergence is the head's one warning line; a rate that is too high but stays finite is ours.

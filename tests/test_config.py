@@ -80,3 +80,29 @@ def test_gpu_decoding_without_cuda_fails_before_any_work(fashion_dir: Path, tmp_
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "--decode gpu")
     assert not (tmp_path / "bottlenecks.sqlite").exists()
+
+
+def test_min_epochs_adds_steps_only_where_the_steps_would_not_make_that_many_passes(tmp_path: Path) -> None:
+    config = RetrainConfig(image_dir=tmp_path)  # 1,000 steps of 100, at least 16 passes
+    assert config.training_steps(2_379) == 1_000  # 42 passes already
+    assert config.training_steps(48_000) == 16 * 480
+    assert config.training_steps(48_001) == 16 * 481
+    assert config.training_steps(None) == 1_000
+    assert RetrainConfig(image_dir=tmp_path, min_epochs=0).training_steps(48_000) == 1_000
+    assert RetrainConfig(image_dir=tmp_path, train_batch_size=-1).training_steps(48_000) == 1_000  # a step is a pass
+    assert config.head_params(48_000)["how_many_training_steps"] == 7_680
+
+
+def test_retrain_runs_the_extra_steps_and_reports_them(tmp_path: Path, fashion_dir: Path,
+                                                        shared_cache_dir: Path) -> None:
+    from headstart.train import retrain
+
+    steps: list[int] = []
+    config = RetrainConfig(image_dir=fashion_dir, output_dir=tmp_path / "run", bottleneck_dir=shared_cache_dir,
+                           how_many_training_steps=3, min_epochs=2, train_batch_size=10, eval_step_interval=1,
+                           early_stopping=False, progress=False, write_report=False)
+    result = retrain(config, on_step=lambda step: steps.append(step.steps))
+    n_train = result.metrics["training"]["n"]
+    expected = 2 * -(-n_train // 10)
+    assert expected > 3 and result.metrics["training"]["steps_run"] == expected
+    assert set(steps) == {expected}  # the progress bar's total

@@ -124,7 +124,8 @@ def _register_retrain(sub: Any) -> None:
     setting_flag(p, "crop_pct")
     add_runtime_flags(p)
     add_training_flags(p)
-    for name in ("eval_step_interval", "validation_batch_size", "test_batch_size", "print_misclassified_test_images"):
+    for name in ("min_epochs", "eval_step_interval", "validation_batch_size", "test_batch_size",
+                 "print_misclassified_test_images"):
         setting_flag(p, name)
     distort = p.add_argument_group("distortions (retrain.py's flags; each distorted copy is computed once and cached)")
     for name in ("flip_left_right", "random_crop", "random_scale", "random_brightness", "distorted_copies"):
@@ -158,7 +159,8 @@ def run_retrain(args: argparse.Namespace) -> int:
 
     def on_step(step: Any) -> None:
         if not bars:
-            bars.append(Progress(args.how_many_training_steps, "Training", unit="step", enabled=not args.quiet))
+            bars.append(Progress(step.steps or args.how_many_training_steps, "Training", unit="step",
+                                 enabled=not args.quiet))
         bar = bars[0]
         bar.update(step.step + 1 - done[0])
         done[0] = step.step + 1
