@@ -22,8 +22,8 @@ from headstart.backbones import resolve_backbone
 from headstart.cache import BottleneckCache
 from headstart.data import index_image_dir
 from headstart.features import compute_bottlenecks
-from headstart.config import RETRAIN_PY_RECIPE, default
 from headstart.head import SoftmaxHead
+from headstart.settings import RETRAIN_PY_RECIPE, default
 
 ADAM = {"optimizer": "adam", "learning_rate": 0.001, "train_batch_size": 100, "how_many_training_steps": 1000}
 RECIPES = {

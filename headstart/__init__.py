@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     # jobs
     "retrain": "train", "RetrainResult": "train",
-    "RetrainConfig": "config", "RETRAIN_PY_RECIPE": "config", "SETTINGS": "config",
+    "RetrainConfig": "config", "RETRAIN_PY_RECIPE": "settings", "SETTINGS": "settings",
     "label": "inference", "label_imagenet": "inference", "evaluate": "inference", "LabelResult": "inference",
     "doctor": "doctor", "DoctorReport": "doctor",
     # a trained model

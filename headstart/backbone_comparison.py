@@ -20,10 +20,11 @@ import numpy as np
 
 from .backbones import Backbone, resolve_backbone
 from .cache import models_dir
-from .config import SWEEPABLE, check_config
+from .config import check_config
 from .errors import UsageError
 from .experiments import _fit_and_score, _r, load_features, training_config
 from .runtimes import RuntimeChoice, resolve_runtime
+from .settings import SWEEPABLE
 
 log = logging.getLogger("headstart")
 

@@ -26,13 +26,14 @@ import numpy as np
 
 from .backbones import Backbone, resolve_backbone
 from .cache import BottleneckCache
-from .config import EXPERIMENT_EVAL_STEP_INTERVAL, SETTINGS, SWEEPABLE, RetrainConfig, check_config
+from .config import RetrainConfig, check_config
 from .data import ImageRecord
 from .errors import UsageError
 from .features import compute_bottlenecks
 from .head import SoftmaxHead
 from .metrics import Evaluation, evaluate
 from .runtimes import RuntimeChoice
+from .settings import EXPERIMENT_EVAL_STEP_INTERVAL, SETTINGS, SWEEPABLE
 from .train import build_head, split_bottlenecks
 
 log = logging.getLogger("headstart")

@@ -47,7 +47,7 @@ EVAL_BATCH_SIZE = 128
 
 @dataclass(frozen=True)
 class FineTuneParams:
-    """How to fine-tune (see :data:`headstart.config.SETTINGS`, group ``fine_tune``)."""
+    """How to fine-tune (see :data:`headstart.settings.SETTINGS`, group ``fine_tune``)."""
 
     epochs: int = 4
     learning_rate: float = 1e-3

@@ -23,7 +23,7 @@ from .backbones import Backbone, resolve_backbone
 from .bundle import BackboneRecord, DataRecord, default_run_dir, save_bundle
 from .cache import BottleneckCache
 from .calibrate import calibrate_head, calibration_report
-from .config import RETRAIN_PY_RECIPE, RetrainConfig, check_config
+from .config import RetrainConfig, check_config
 from .data import ImageIndex, ImageRecord, SkippedImage, index_image_dir
 from .errors import DataError, UsageError
 from .features import Bottlenecks, compute_bottlenecks
@@ -31,6 +31,7 @@ from .head import SoftmaxHead, TrainStep
 from .metrics import Evaluation, Misclassified, find_misclassified, learning_rate_warning
 from .metrics import evaluate as evaluate_predictions
 from .runtimes import RuntimeChoice
+from .settings import RETRAIN_PY_RECIPE
 from .stream_head import StreamingHead, calibrate_streaming, extract_to_stores, needs_streaming
 
 log = logging.getLogger("headstart")

@@ -6,11 +6,11 @@ from dataclasses import fields
 from pathlib import Path
 
 import pytest
-
-from headstart.config import SETTINGS, RetrainConfig, check_config, check_value
-from headstart.errors import UsageError
-
 from clitools import assert_one_line_error, run_cli
+
+from headstart.config import RetrainConfig, check_config
+from headstart.errors import UsageError
+from headstart.settings import SETTINGS, check_value
 
 
 def test_every_config_field_has_one_setting_and_the_same_default() -> None:

@@ -13,8 +13,9 @@ import torch
 from clitools import assert_one_line_error, run_cli
 
 from headstart.backbones import Backbone, resolve_backbone
-from headstart.config import RetrainConfig, blocks_value, check_config
+from headstart.config import RetrainConfig, check_config
 from headstart.errors import UsageError
+from headstart.settings import blocks_value
 
 LITE0_MAPS = {1: (192, 7, 7), 2: (112, 14, 14), 3: (80, 14, 14), 7: (32, 112, 112)}
 

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 
 from headstart.bundle import load_bundle
+from headstart.config import RetrainConfig
 from headstart.errors import DataError, ModelError, UsageError
-from headstart.config import RETRAIN_PY_RECIPE, RetrainConfig
 from headstart.inference import evaluate, label, label_imagenet
+from headstart.settings import RETRAIN_PY_RECIPE
 from headstart.train import retrain
 
 

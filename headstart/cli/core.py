@@ -17,8 +17,8 @@ log = logging.getLogger("headstart")
 
 
 def setting_flag(parser: Any, name: str, *aliases: str, list_type: Any = None, **overrides: Any) -> None:
-    """``--name`` with the type, default, choices and help of :data:`headstart.config.SETTINGS`."""
-    from ..config import SETTINGS
+    """``--name`` with the type, default, choices and help of :data:`headstart.settings.SETTINGS`."""
+    from ..settings import SETTINGS
 
     setting = SETTINGS[name]
     kwargs: dict[str, Any] = {"default": setting.default, "help": setting.help}
@@ -72,7 +72,7 @@ def add_ray_flags(parser: argparse.ArgumentParser, *, max_memory: bool = False) 
 
 def ray_settings(args: argparse.Namespace) -> Any:
     """The parsed Ray flags, checked, as :class:`headstart.ray_cluster.RaySettings` (None without ``--ray``)."""
-    from ..config import check_value
+    from ..settings import check_value
 
     for name in RAY_FLAGS:
         check_value(name, getattr(args, name))

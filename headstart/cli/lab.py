@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import EXPERIMENT_EVAL_STEP_INTERVAL
+from ..settings import EXPERIMENT_EVAL_STEP_INTERVAL
 from .common import add_command, add_format, comma_list, flag, format_table, print_json, require_path
 from .core import (
     add_backbone_flags,

@@ -37,7 +37,7 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
 
     @app.get("/api/info")
     def info() -> dict[str, Any]:
-        from ..config import SETTINGS
+        from ..settings import SETTINGS
 
         return {"version": __version__, "data_dir": str(store.root), "max_upload_mb": studio.max_upload_bytes / 1e6,
                 "settings": form(), "export_formats": list(EXPORT_FORMATS),

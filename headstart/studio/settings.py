@@ -1,4 +1,4 @@
-"""The training form, built from :data:`headstart.config.SETTINGS`, and the checks of what it sends.
+"""The training form, built from :data:`headstart.settings.SETTINGS`, and the checks of what it sends.
 
 The main fields are the ones a person changes first (backbone, steps, learning
 rate, batch size, fine-tuning); the rest are folded away under "Advanced".
@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import SETTINGS, check_value
 from ..errors import UsageError
+from ..settings import SETTINGS, check_value
 from .errors import StudioError
 
 MAIN = ("backbone", "how_many_training_steps", "learning_rate", "train_batch_size", "fine_tune_blocks")
