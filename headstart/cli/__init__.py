@@ -32,7 +32,7 @@ _DISK_HINTS = {
 }
 
 # Sub-command modules, in the order they appear in --help.
-COMMAND_MODULES = ("core", "doctor", "lab", "deploy", "bench", "serve", "studio")
+COMMAND_MODULES = ("core", "predict", "data", "doctor", "lab", "deploy", "bench", "serve", "studio")
 
 log = logging.getLogger("headstart")
 
@@ -68,12 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = HeadstartArgumentParser(
         prog="headstart",
         description="Retrain an image classifier on your own photos by transfer learning: cached bottlenecks, "
-                    "a new last layer in seconds, honest evaluation, fast deployment.",
+        "a new last layer in seconds, honest evaluation, fast deployment.",
         epilog="example:\n  headstart datasets fashion-mnist --out demo --per_class 300\n"
-               "  headstart retrain --image_dir demo --output_dir runs/demo\n"
-               "  headstart label --model runs/demo demo/Sandal\n\n"
-               "Run 'headstart COMMAND --help' for a command's flags and an example.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        "  headstart retrain --image_dir demo --output_dir runs/demo\n"
+        "  headstart label --model runs/demo demo/Sandal\n\n"
+        "Run 'headstart COMMAND --help' for a command's flags and an example.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"headstart {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -96,8 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hint: {exc.hint or _default_hint(exc, args)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("interrupted: completed batches are kept in the cache; run the same command to resume",
-              file=sys.stderr)
+        print("interrupted: completed batches are kept in the cache; run the same command to resume", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
@@ -124,7 +124,6 @@ def _default_hint(exc: HeadstartError, args: argparse.Namespace) -> str:
 def _unexpected(exc: Exception, debug: bool) -> int:
     if debug:
         traceback.print_exc()
-    print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-          file=sys.stderr)
+    print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", file=sys.stderr)
     print("hint: run again with HEADSTART_DEBUG=1 for the traceback, and report it", file=sys.stderr)
     return 1
