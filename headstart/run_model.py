@@ -129,6 +129,13 @@ class RunClassifier(Classifier):
     def _needs_hashes(self) -> bool:  # type: ignore[override]
         return self.use_cache
 
+    def use_runner(self, runner: Runner) -> None:
+        """Run the backbone with ``runner``, one built elsewhere for this backbone and runtime (``self.choice``).
+
+        The studio shares the network its training keeps loaded this way instead of building a second one.
+        """
+        self._runner = runner
+
     def features(self, images: np.ndarray) -> np.ndarray:
         """uint8 images -> bottleneck vectors, building the runner the first time it is needed."""
         if self._runner is None:

@@ -50,7 +50,7 @@ class ModelCache:
         clf = load_model(path, bottleneck_dir=self.engine.cache_dir, use_cache=True)
         if isinstance(clf, RunClassifier) and clf.bundle.backbone.fine_tune_blocks is None:
             # The run's network is the one training keeps loaded: share it instead of building another.
-            clf._runner = self.engine.runner(clf.backbone, clf.choice)
+            clf.use_runner(self.engine.runner(clf.backbone, clf.choice))
         with self._lock:
             self._models[key] = clf
             while len(self._models) > MAX_OPEN_MODELS:
