@@ -117,11 +117,15 @@ def main() -> None:
     compare = json.loads((work / "compare" / "compare.json").read_text())
     shutil.copy(work / "compare" / "compare.png", OUT / "compare.png")
     shutil.copy(work / "compare" / "compare.csv", OUT / "compare.csv")
+    # 4b. The TF Hub way: a SavedModel feature vector built here, through --tfhub_module (docs/lab_tfhub.py).
+    from lab_tfhub import run_tfhub
+
+    tfhub = run_tfhub(work, common, cold, run, log)
 
     numbers = {"retrain_cold": cold, "retrain_cached": {k: warm[k] for k in ("timing", "bottlenecks", "test")},
                "retrain_py_recipe": {k: recipe[k] for k in ("timing", "test", "training")},
                "holdout": holdout_eval, "sweep_benchmark_wall_s": round(bench_wall, 2), "sweeps": sweeps,
-               "curve": curve, "compare": compare, "commands": log}
+               "curve": curve, "compare": compare, "tfhub": tfhub, "commands": log}
     fine_tune_json = OUT / "finetune.json"
     if args.fine_tune:
         subprocess.run([sys.executable, str(REPO / "benchmarks" / "finetune_accuracy.py"), "--workdir",
@@ -189,6 +193,8 @@ measured in [PERFORMANCE.md](PERFORMANCE.md#fine-tuning-the-top-stages)."""
 
 
 def write_guide(n: dict[str, Any], cold_wall: float, per_class: int) -> str:
+    from lab_tfhub import tfhub_section
+
     cold, warm, recipe = n["retrain_cold"], n["retrain_cached"], n["retrain_py_recipe"]
     split = cold["splits"]
     test = cold["test"]
@@ -438,6 +444,8 @@ Inception:
 ```
 headstart compare --image_dir flower_photos --backbones mobilenet_v3_large,inception_v3,efficientnet_lite0
 ```
+
+{tfhub_section(n.get("tfhub"), test["accuracy"])}
 
 ## 8. The same on the flowers photos (online)
 

@@ -81,15 +81,20 @@ def measure_backbone(
 
     choice = runtime if isinstance(runtime, RuntimeChoice) else resolve_runtime(runtime, precision)
     size = backbone.preprocessing.input_size
-    model = create_model(backbone)
-    params = int(sum(p.numel() for p in model.parameters()))
-    with torch.inference_mode():
-        counter = FlopCounterMode(display=False)
-        with counter:
-            out = model(torch.zeros(1, 3, size, size))
-    macs = int(counter.get_total_flops() // 2)  # the counter reports 2 FLOPs per multiply-add
-    dim = int(out.shape[-1])
-    del model
+    if backbone.name.startswith("tfhub:"):  # no torch form: counted on its converted ONNX graph (tfhub_runtime)
+        from .tfhub_runtime import count_backbone_cost
+
+        params, macs, dim = count_backbone_cost(backbone, choice, model_dir or _model_dir(None))
+    else:
+        model = create_model(backbone)
+        params = int(sum(p.numel() for p in model.parameters()))
+        with torch.inference_mode():
+            counter = FlopCounterMode(display=False)
+            with counter:
+                out = model(torch.zeros(1, 3, size, size))
+        macs = int(counter.get_total_flops() // 2)  # the counter reports 2 FLOPs per multiply-add
+        dim = int(out.shape[-1])
+        del model
     runner = create_runner(backbone, choice, model_dir or _model_dir(None))
     rng = np.random.default_rng(0)
     batch = rng.integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)

@@ -185,6 +185,10 @@ def resolve_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = 
 
 
 def _resolve(name: str, weights: str | Path | None) -> Backbone:
+    if name.startswith("tfhub:"):  # a TF Hub module or SavedModel folder: headstart.tfhub
+        from .tfhub import resolve_tfhub_backbone
+
+        return resolve_tfhub_backbone(name, weights)
     spec = REGISTRY.get(name)
     timm_name = spec.timm_name if spec else name
     if spec is None and not _timm_exists(timm_name):

@@ -23,7 +23,7 @@ from .sidecar import ExportDescription, read_description, sidecar_path
 
 log = logging.getLogger("headstart")
 
-MODEL_SUFFIXES = (".onnx", ".xml", ".engine")
+MODEL_SUFFIXES = (".onnx", ".xml", ".engine", ".tflite")
 ModelInfo = ExportDescription  # what an exported model says about itself
 read_model_info = read_description
 
@@ -31,7 +31,7 @@ read_model_info = read_description
 def is_exported_model(path: str | Path) -> bool:
     """True for a model file written by ``headstart export`` (by suffix; run directories are folders)."""
     p = Path(path)
-    return p.suffix.lower() in MODEL_SUFFIXES and not p.is_dir()
+    return (p.suffix.lower() in MODEL_SUFFIXES and not p.is_dir()) or (p / "saved_model.pb").is_file()
 
 
 def resolve_deployed_runtime(model_format: str, runtime: str = "auto", precision: str = "auto") -> tuple[str, str]:

@@ -1,10 +1,9 @@
-"""A run directory -> one self-contained model file: ONNX, OpenVINO IR or a TensorRT engine.
+"""A run directory -> one self-contained model: ONNX, OpenVINO IR, TensorRT engine, TFLite or SavedModel.
 
-The exported graph is the whole classifier: uint8 RGB ``images [N, H, W, 3]``
-(dynamic batch) -> normalisation -> backbone -> trained last layer -> softmax
-probabilities.  What a graph cannot hold (labels, resize and crop geometry,
-provenance) is written into the ONNX metadata and into the ``<model>.json``
-sidecar, which :mod:`headstart.deployed` reads without torch.
+The exported graph is the whole classifier: uint8 RGB ``images [N, H, W, 3]`` (dynamic batch) ->
+normalisation -> backbone -> trained last layer -> softmax probabilities.  What a graph cannot hold
+(labels, resize and crop geometry, provenance) is written into the ONNX or TFLite metadata
+(:mod:`headstart.tf_export`) and into the ``<model>.json`` sidecar, which :mod:`headstart.deployed` reads.
 
 Every export checks itself before anything is written: the exported model and
 PyTorch (eager, fp32) label the run's test images, and the agreement and both
@@ -37,6 +36,7 @@ from .data import ImageRecord, Preprocessing, index_image_dir
 from .errors import DataError, ModelError, UsageError
 from .runtimes import Runner, RuntimeChoice
 from .sidecar import OOD_OUTPUT_NAME, ExportDescription, sidecar_path, write_sidecar
+from .tf_export import TF_CHECK_RUNTIME, TF_PRECISIONS, TF_SUFFIX, export_sha256, replace_export, write_tf_export
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -45,9 +45,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("headstart")
 
-FORMATS = ("onnx", "openvino", "tensorrt")
-PRECISIONS = {"onnx": ("fp32", "int8"), "openvino": ("fp32", "fp16", "int8"), "tensorrt": ("fp32", "fp16", "int8")}
-SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tensorrt": ".engine"}
+FORMATS = ("onnx", "openvino", "tensorrt", *TF_PRECISIONS)
+PRECISIONS = {"onnx": ("fp32", "int8"), "openvino": ("fp32", "fp16", "int8"), "tensorrt": ("fp32", "fp16", "int8"),
+              **TF_PRECISIONS}
+SUFFIX = {"onnx": ".onnx", "openvino": ".xml", "tensorrt": ".engine", **TF_SUFFIX}
 DEFAULT_MAX_ACCURACY_DROP = 1.0  # points of test accuracy
 DEFAULT_CALIBRATION_IMAGES = 300
 MAX_CHECK_IMAGES = 1000
@@ -254,6 +255,9 @@ def compare(proba: np.ndarray, reference: np.ndarray, y: np.ndarray) -> dict[str
 
 
 def _write_onnx(module: "torch.nn.Module", path: Path, input_size: int, description: ExportDescription) -> Path:
+    writer = getattr(module, "write_onnx", None)  # a SavedModel backbone: its ONNX joined to the head's (tfhub_export)
+    if writer is not None:
+        return writer(path, description)
     from .runtimes import export_onnx
 
     return export_onnx(module, path, input_size, output_name=description.output_names,
@@ -324,7 +328,7 @@ def _write_openvino(onnx_path: Path, xml_path: Path, precision: str, description
     return xml_path
 
 
-_CHECK_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
+_CHECK_RUNTIME = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt", **TF_CHECK_RUNTIME}
 
 
 # ---------------------------------------------------------------- export
@@ -358,7 +362,7 @@ def export_model(model: str | Path, *, model_format: str = "onnx", precision: st
         raise UsageError(f"unknown export format {model_format!r}", hint=f"use one of {', '.join(FORMATS)}")
     if precision not in PRECISIONS[model_format]:
         raise UsageError(f"{model_format} exports support {', '.join(PRECISIONS[model_format])}, not {precision}",
-                         hint="fp16 targets GPUs: use --format openvino or tensorrt" if precision == "fp16" else None)
+                         hint="for fp16 use --format openvino, tensorrt or tflite" if precision == "fp16" else None)
     if max_accuracy_drop < 0:
         raise UsageError("--max_accuracy_drop must be 0 or more (points of test accuracy)")
     from .run_model import resolve_model_backbone
@@ -394,6 +398,8 @@ def export_model(model: str | Path, *, model_format: str = "onnx", precision: st
         if model_format == "tensorrt":
             description = description.with_(tensorrt=_build_tensorrt(
                 onnx_fp32, staged, precision, prep.input_size, images.training, calibration_images, prep, cache_dir))
+        elif model_format in TF_PRECISIONS:  # TFLite / SavedModel, converted from the ONNX graph (tf_export)
+            description = write_tf_export(onnx_fp32, staged, description, images, calibration_images)
         elif precision == "int8":
             calibration = _spread(images.training, calibration_images, seed=1)
             x_cal, _ = decode_images(calibration, prep, progress=progress, desc="Calibration images")
@@ -411,13 +417,12 @@ def export_model(model: str | Path, *, model_format: str = "onnx", precision: st
         side = write_sidecar(staging / sidecar_path(out).name, description)  # so the check can load the model
         check = _self_check(module, staged, model_format, x_test, y_test, images, precision, max_accuracy_drop,
                             force, progress)
-        description = description.with_(check=check.to_dict(),
-                                        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                        model_sha256=hashlib.sha256(staged.read_bytes()).hexdigest())
+        description = description.with_(check=check.to_dict(), model_sha256=export_sha256(staged),
+                                        created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
         write_sidecar(side, description)
         final = []
         for path in [*files, side]:  # the model's own files first, the sidecar (its "commit") last
-            os.replace(path, out.parent / path.name)
+            replace_export(path, out.parent / path.name)
             final.append(out.parent / path.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -65,5 +65,9 @@ class ClassifierModule(torch.nn.Module):
 
 def create_classifier_module(backbone: Backbone, layers: list[tuple[np.ndarray, np.ndarray]],
                              novelty: NoveltyScore | None = None) -> torch.nn.Module:
+    if backbone.name.startswith("tfhub:"):  # a SavedModel has no torch form: headstart.tfhub_export
+        from .tfhub_export import create_tfhub_classifier
+
+        return create_tfhub_classifier(backbone, layers, novelty)
     module = ClassifierModule(create_feature_extractor(backbone), layers, novelty)
     return module.eval().requires_grad_(False)

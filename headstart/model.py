@@ -314,6 +314,7 @@ class ExportedClassifier(Classifier):
             "onnx": f"{self.deployed.runtime}_onnx",
             "openvino": "openvino_ir",
             "tensorrt": "tensorrt_plan",
+            "saved_model": "tensorflow_savedmodel",
         }.get(fmt, fmt)
         super().__init__(
             path=info.path,

@@ -68,6 +68,9 @@ def create_model(backbone: Backbone, *, with_classifier: bool = False) -> torch.
     """
     import timm
 
+    if backbone.name.startswith("tfhub:"):  # runs through headstart.tfhub_runtime, never as a torch module
+        raise ModelError(f"{backbone.name} is a TensorFlow SavedModel and has no PyTorch form",
+                         hint="use --runtime auto, openvino or onnxruntime (it is converted to ONNX once)")
     model = timm.create_model(backbone.timm_name, pretrained=False)
     if backbone.weights_path is not None:
         state = load_state_dict(backbone.weights_path)

@@ -32,7 +32,7 @@ class ExportDescription:
 
     path: Path  # the model file it describes
     source: str  # "sidecar" | "onnx metadata" | "export" (not yet written)
-    model_format: str  # onnx | openvino | tensorrt
+    model_format: str  # onnx | openvino | tensorrt | tflite | saved_model
     precision: str  # fp32 | fp16 | int8
     labels: tuple[str, ...]
     preprocessing: Preprocessing
@@ -41,6 +41,7 @@ class ExportDescription:
     check: dict[str, Any] | None = None  # the self-check against PyTorch
     calibration: dict[str, Any] | None = None  # int8 calibration images
     tensorrt: dict[str, Any] | None = None
+    tensorflow: dict[str, Any] | None = None  # TFLite / SavedModel: converter, signatures, metadata
     created: str | None = None
     model_sha256: str | None = None
 
@@ -74,7 +75,7 @@ class ExportDescription:
             },
             "provenance": dict(self.provenance),
         }
-        for key in ("unknown", "calibration", "tensorrt", "check", "created", "model_sha256"):
+        for key in ("unknown", "calibration", "tensorrt", "tensorflow", "check", "created", "model_sha256"):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
@@ -108,7 +109,7 @@ class ExportDescription:
             raise ModelError(f"{where}: preprocessing is missing or malformed ({exc})",
                              hint="export the model again") from None
         sections = {}
-        for key in ("unknown", "check", "calibration", "tensorrt", "provenance"):
+        for key in ("unknown", "check", "calibration", "tensorrt", "tensorflow", "provenance"):
             value = data.get(key)
             if value is not None and not isinstance(value, dict):
                 raise ModelError(f"{where}: {key} must be an object", hint="export the model again")
@@ -121,7 +122,8 @@ class ExportDescription:
                    precision=str(data.get("precision", "fp32")), labels=tuple(labels), preprocessing=preprocessing,
                    provenance=dict(sections["provenance"] or {}), unknown=unknown, check=sections["check"],
                    calibration=sections["calibration"], tensorrt=sections["tensorrt"],
-                   created=data.get("created"), model_sha256=data.get("model_sha256"))
+                   tensorflow=sections["tensorflow"], created=data.get("created"),
+                   model_sha256=data.get("model_sha256"))
 
 
 def sidecar_path(model: str | Path) -> Path:
@@ -150,9 +152,9 @@ def _onnx_metadata(path: Path) -> dict[str, str]:
 def read_description(path: str | Path) -> ExportDescription:
     """An exported model's description: its sidecar first, then (for .onnx) the metadata inside it."""
     model = Path(path).expanduser()
-    if not model.is_file():
+    if not (model.is_file() or (model / "saved_model.pb").is_file()):  # a SavedModel is a directory
         raise ModelError(f"exported model {model} does not exist",
-                         hint="pass the file written by 'headstart export' (.onnx, .xml or .engine)")
+                         hint="pass the file written by 'headstart export' (.onnx, .xml, .engine, .tflite)")
     side = sidecar_path(model)
     if side.is_file():
         try:
@@ -171,6 +173,12 @@ def read_description(path: str | Path) -> ExportDescription:
             return ExportDescription.from_dict(model, data, "onnx metadata")
         raise ModelError(f"{model} has no headstart metadata and no {side.name} next to it",
                          hint="export it with 'headstart export', or put its .json sidecar next to it")
+    if model.suffix.lower() == ".tflite":  # the description is also zipped into the file (tflite_metadata)
+        from .tflite_metadata import read_embedded_description
+
+        embedded = read_embedded_description(model)
+        if embedded is not None:
+            return ExportDescription.from_dict(model, embedded, "tflite metadata")
     raise ModelError(f"{model} has no {side.name} next to it (it holds the labels and preprocessing)",
                      hint="copy the .json file written by 'headstart export' next to the model")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,6 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+# TensorFlow imported before triton (which torchvision pulls in) crashes the process; a test that
+# imports TensorFlow first would take the whole session down, so triton is loaded up front.
+with contextlib.suppress(Exception):  # not installed, or no usable build here
+    import triton  # noqa: F401
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

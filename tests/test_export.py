@@ -122,7 +122,7 @@ def test_bad_requests_are_usage_errors(trained_run, tmp_path):
     with pytest.raises(UsageError, match="fp16"):
         export_model(trained_run.run_dir, precision="fp16", output=tmp_path / "m.onnx")
     with pytest.raises(UsageError, match="format"):
-        export_model(trained_run.run_dir, model_format="tflite")
+        export_model(trained_run.run_dir, model_format="coreml")
     with pytest.raises(UsageError, match=r"\.xml"):
         export_model(trained_run.run_dir, model_format="openvino", output=tmp_path / "m.onnx")
     with pytest.raises(UsageError):

@@ -79,7 +79,8 @@ def test_auto_with_a_fixed_precision_skips_runtimes_without_it():
 
 
 @pytest.mark.parametrize("runtime, precision, words", [
-    ("tensorflow", "auto", "unknown runtime"),
+    ("mxnet", "auto", "unknown runtime"),
+    ("litert", "auto", "runs exported models only"),  # .tflite files, not a backbone
     ("onnxruntime", "bf16", "does not support precision bf16"),
     ("torch", "fp16", "does not support precision fp16"),
 ])

@@ -42,7 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger("headstart")
 
-BENCH_RUNTIMES = ("torch", "cuda", "onnxruntime", "openvino", "tensorrt")
+BENCH_RUNTIMES = ("torch", "cuda", "onnxruntime", "openvino", "tensorrt", "litert", "tensorflow")
 LATENCY_REPEATS = 30
 THROUGHPUT_BATCHES = 3
 THROUGHPUT_BATCH = 32
@@ -144,6 +144,9 @@ def _bench_candidates(bundle: Bundle | None, exported: Path | None, exported_for
             found.append(_Candidate("openvino", precision, label, _session(path, "openvino", "fp32")))
             if precision == "fp32" and cpu_has_native_bf16():
                 found.append(_Candidate("openvino", "bf16", label, _session(path, "openvino", "bf16")))
+        runs_it = {"tflite": "litert", "saved_model": "tensorflow"}.get(fmt, "")  # exports of headstart.tf_export
+        if runs_it in wanted and importlib.util.find_spec(runs_it if runs_it == "tensorflow" else "ai_edge_litert"):
+            found.append(_Candidate(runs_it, precision, label, _session(path, runs_it, "fp32")))
         if fmt == "tensorrt" and "tensorrt" in wanted:
             from ..runtimes.tensorrt import create_engine_runner
 

@@ -89,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging(-1 if getattr(args, "quiet", False) else getattr(args, "verbose", 0))
     try:
+        if getattr(args, "image_size", None) is not None:  # --image_size goes into a TF Hub backbone's name
+            from ..tfhub import apply_image_size
+
+            args.backbone = apply_image_size(args.backbone, args.image_size)
         return int(args.handler(args) or 0)
     except HeadstartError as exc:
         if debug:

@@ -35,7 +35,20 @@ def setting_flag(parser: Any, name: str, *aliases: str, list_type: Any = None, *
 
 
 def add_backbone_flags(parser: argparse.ArgumentParser) -> None:
-    setting_flag(parser, "backbone", "--tfhub_module")
+    from ..tfhub import tfhub_name
+
+    setting_flag(parser, "backbone")
+    flag(
+        parser,
+        "--tfhub_module",
+        dest="backbone",
+        type=tfhub_name,
+        default=argparse.SUPPRESS,
+        metavar="HANDLE_OR_PATH",
+        help="a TF Hub image feature vector: a SavedModel folder, a tfhub.dev or "
+        "Kaggle URL, or a Kaggle handle (the same as --backbone tfhub:HANDLE_OR_PATH)",
+    )
+    flag(parser, "--image_size", type=int, default=None, help="input size of a TF Hub module with a dynamic signature")
     setting_flag(parser, "weights")
 
 

@@ -1,4 +1,4 @@
-"""export: a run directory -> a self-contained ONNX / OpenVINO / TensorRT model, checked against PyTorch."""
+"""export: a run directory -> one self-contained model (ONNX, OpenVINO, TensorRT, TFLite, SavedModel), checked."""
 
 from __future__ import annotations
 
@@ -15,24 +15,27 @@ def register(sub: Any) -> None:
 
 def _register_export(sub: Any) -> None:
     p = add_command(
-        sub, "export", "export a retrained model as one file (ONNX, OpenVINO IR, TensorRT) that runs without PyTorch",
+        sub, "export", "export a retrained model as one file (ONNX, OpenVINO IR, TensorRT, TFLite, SavedModel)",
         "headstart export --model runs/flowers                       # runs/flowers/export/model-fp32.onnx\n"
         "headstart export --model runs/flowers --precision int8      # calibrated on the run's training images\n"
         "headstart export --model runs/flowers --format openvino --output deploy/flowers.xml\n"
+        "headstart export --model runs/flowers --format tflite --precision int8   # LiteRT / MediaPipe, with metadata\n"
+        "headstart export --model runs/flowers --format saved_model                # TF Serving: image bytes in\n"
         "headstart label --model runs/flowers/export/model-fp32.onnx photo.jpg",
         description="Export a retrained model: normalisation, backbone, last layer and softmax in one graph "
                     "(uint8 RGB [N, H, W, 3] in, probabilities out); labels and preprocessing in its metadata "
                     "and in a .json sidecar. The export is checked against PyTorch on the run's test images, and "
                     "fails if it loses more than --max_accuracy_drop points of test accuracy.")
     flag(p, "--model", type=Path, required=True, help="run directory written by 'headstart retrain'")
-    flag(p, "--format", dest="model_format", choices=["onnx", "openvino", "tensorrt"], default="onnx",
-         help="model format (default: %(default)s)")
+    flag(p, "--format", dest="model_format", choices=["onnx", "openvino", "tensorrt", "tflite", "saved_model"],
+         default="onnx", help="model format (default: %(default)s)")
     flag(p, "--precision", choices=["fp32", "fp16", "int8"], default="fp32",
-         help="fp32, fp16 (OpenVINO, TensorRT) or int8 calibrated on the run's training images "
-              "(default: %(default)s)")
+         help="fp32, fp16 (OpenVINO, TensorRT, TFLite) or int8 (ONNX, OpenVINO, TensorRT, TFLite) calibrated on "
+              "the run's training images (default: %(default)s)")
     flag(p, "--output", type=Path, default=None,
          help="file to write (default: RUN_DIR/export/model-PRECISION.onnx, or .../export/openvino/*.xml, "
-              ".../export/tensorrt/*.engine); the sidecar is the same name ending in .json")
+              ".../export/tensorrt/*.engine, .../export/tflite/*.tflite, .../export/saved_model/model-fp32/); the "
+              "sidecar is the same name ending in .json")
     flag(p, "--image_dir", type=Path, default=None,
          help="labelled images to check against, when the run's own test images are gone")
     flag(p, "--max_accuracy_drop", type=float, default=1.0,
@@ -50,7 +53,10 @@ def _register_export(sub: Any) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from ..export import export_model
+    from ..tf_export import TF_PRECISIONS, require_tf_export
 
+    if args.model_format in TF_PRECISIONS:
+        require_tf_export()  # before any work: the converters come with the [tensorflow] extra
     require_path(args.model, "--model", "folder")
     require_path(args.image_dir, "--image_dir", "folder")
     require_path(args.weights, "--weights", "file")

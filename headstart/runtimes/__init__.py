@@ -74,6 +74,10 @@ RUNTIMES: dict[str, RuntimeSpec] = {spec.name: spec for spec in (
     RuntimeSpec("tensorrt", ("fp16", "fp32"), "tensorrt (on an NVIDIA GPU)", "tensorrt",
                 "tensorrt:create_engine_runner", "file", None, file_formats=("tensorrt",),
                 file_precisions=("engine",), device="cuda"),
+    RuntimeSpec("litert", ("fp32",), "ai-edge-litert", "ai_edge_litert", "litert_runner:create_litert_runner",
+                "file", None, file_formats=("tflite",)),
+    RuntimeSpec("tensorflow", ("fp32",), "'headstart[tensorflow]'", "tensorflow",
+                "tensorflow_runner:create_saved_model_runner", "file", None, file_formats=("saved_model",)),
 )}
 RUNTIME_NAMES = tuple(RUNTIMES)
 BACKBONE_RUNTIMES = tuple(name for name, spec in RUNTIMES.items() if spec.auto_rank is not None)
@@ -245,6 +249,10 @@ create_session_runner = create_file_runner  # the name export and bench have use
 def create_runner(backbone: Backbone, choice: RuntimeChoice, model_dir: Path, *, imagenet: bool = False,
                   threads: int | None = None, compile: bool = False) -> Runner:
     """Build the backbone's runner for ``choice``: converted once, cached under ``model_dir``."""
+    if backbone.name.startswith("tfhub:"):  # a SavedModel: tf2onnx once, else TensorFlow (headstart.tfhub_runtime)
+        from ..tfhub_runtime import create_tfhub_runner
+
+        return create_tfhub_runner(backbone, choice, model_dir, imagenet=imagenet, threads=threads)
     spec = RUNTIMES[choice.runtime]
     if spec.source == "file":
         from .onnx_files import ensure_backbone_onnx
