@@ -53,11 +53,12 @@ def _runner(path: Path):
 
 
 def _onnx2tf(module, bundle, backbone, work: Path) -> Path:
-    from headstart.export import _write_onnx, describe_export
+    from headstart.export import describe_export
+    from headstart.export_convert import write_onnx
     from headstart.tf_export import onnx_to_keras, write_tflite
 
     description = describe_export(bundle, backbone, "tflite", "fp32")  # the file `headstart export` writes
-    onnx_path = _write_onnx(module, work / "model.onnx", backbone.preprocessing.input_size, description)
+    onnx_path = write_onnx(module, work / "model.onnx", backbone.preprocessing.input_size, description)
     path = work / "onnx2tf-fp32.tflite"
     write_tflite(onnx_to_keras(onnx_path, work), path, "fp32", description, None)
     return path
@@ -84,7 +85,8 @@ def main() -> None:
     import torch
 
     from headstart.bundle import load_bundle
-    from headstart.export import create_classifier, decode_images, find_check_images, predict, torch_runner
+    from headstart.export import create_classifier
+    from headstart.export_check import decode_images, find_check_images, predict, torch_runner
     from headstart.run_model import resolve_model_backbone
 
     torch.set_num_threads(os.cpu_count() or 1)

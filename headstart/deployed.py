@@ -49,8 +49,9 @@ class DeployedModel:
     batches images for this; this class is the bare graph and its description.
     """
 
-    def __init__(self, path: str | Path, *, runtime: str = "auto", precision: str = "auto",
-                 threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | Path, *, runtime: str = "auto", precision: str = "auto", threads: int | None = None
+    ) -> None:
         self.info = read_model_info(path)
         self.path = self.info.path
         self.runtime, self.precision = resolve_deployed_runtime(self.info.model_format, runtime, precision)
@@ -74,20 +75,29 @@ class DeployedModel:
         """``[N, classes]`` probabilities, plus the graph's ``ood_score`` as a last column when it has one."""
         size = self.info.input_size
         if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
-            raise UsageError(f"expected uint8 images of shape [N, {size}, {size}, 3], "
-                             f"got {images.dtype} {tuple(images.shape)}",
-                             hint="decode with headstart.data.load_image and the model's preprocessing")
+            raise UsageError(
+                f"expected uint8 images of shape [N, {size}, {size}, 3], got {images.dtype} {tuple(images.shape)}",
+                hint="decode with headstart.data.load_image and the model's preprocessing",
+            )
         return np.asarray(self._run(images), dtype=np.float32)
 
     def predict_proba(self, images: np.ndarray) -> np.ndarray:
-        return self.predict_scores(images)[:, :len(self.labels)]
+        return self.predict_scores(images)[:, : len(self.labels)]
 
 
-def load_model(path: str | Path, *, runtime: str = "auto", precision: str = "auto",
-               threads: int | None = None) -> DeployedModel:
+def load_model(
+    path: str | Path, *, runtime: str = "auto", precision: str = "auto", threads: int | None = None
+) -> DeployedModel:
     """Open an exported model (.onnx, OpenVINO .xml, or TensorRT .engine): the bare graph."""
     return DeployedModel(path, runtime=runtime, precision=precision, threads=threads)
 
 
-__all__ = ["DeployedModel", "ModelInfo", "is_exported_model", "load_model", "read_model_info",
-           "resolve_deployed_runtime", "sidecar_path"]
+__all__ = [
+    "DeployedModel",
+    "ModelInfo",
+    "is_exported_model",
+    "load_model",
+    "read_model_info",
+    "resolve_deployed_runtime",
+    "sidecar_path",
+]

@@ -106,8 +106,7 @@ def _measure(path: Path) -> tuple[ImageStats, np.ndarray]:
     else:
         sharpness = math.nan
     p01, p99 = np.percentile(g, [1, 99])
-    return (ImageStats(width, height, float(g.mean()), std, float(p01), float(p99), sharpness),
-            _fingerprint(g))
+    return (ImageStats(width, height, float(g.mean()), std, float(p01), float(p99), sharpness), _fingerprint(g))
 
 
 def scan_images(paths: Sequence[Path], workers: int = 4) -> tuple[list[ImageStats], np.ndarray]:
@@ -150,7 +149,7 @@ def row_dots(a: np.ndarray, b: np.ndarray, i: np.ndarray, j: np.ndarray, chunk: 
     """``a[i[n]] . b[j[n]]`` for every n, gathered a chunk at a time (never ``len(i)`` full rows at once)."""
     out = np.empty(len(i), dtype=np.float32)
     for s in range(0, len(i), chunk):
-        out[s:s + chunk] = np.einsum("nd,nd->n", a[i[s:s + chunk]], b[j[s:s + chunk]])
+        out[s : s + chunk] = np.einsum("nd,nd->n", a[i[s : s + chunk]], b[j[s : s + chunk]])
     return out
 
 
@@ -180,8 +179,9 @@ def _torch_topk() -> Any:
     return topk
 
 
-def similarity_search(vectors: np.ndarray, *, k: int, threshold: float, project_above: int = PCA_ABOVE,
-                      seed: int = 0) -> Neighbours:
+def similarity_search(
+    vectors: np.ndarray, *, k: int, threshold: float, project_above: int = PCA_ABOVE, seed: int = 0
+) -> Neighbours:
     """Nearest neighbours and above-threshold pairs, in row blocks (memory linear in the number of images).
 
     Above ``project_above`` images the search runs on a projection onto the
@@ -213,7 +213,7 @@ def similarity_search(vectors: np.ndarray, *, k: int, threshold: float, project_
             top = np.argpartition(-sims, width - 1, axis=1)[:, :width]
             nn[start:stop] = top
             nn_sim[start:stop] = np.take_along_axis(sims, top, axis=1)
-        sims[:, :start + 1] = -np.inf  # each pair once: j > i (the diagonal block's lower half below)
+        sims[:, : start + 1] = -np.inf  # each pair once: j > i (the diagonal block's lower half below)
         bi, bj = np.nonzero(sims >= cut)
         keep = bj > bi + start
         found.append((bi[keep] + start, bj[keep], sims[bi[keep], bj[keep]]))
@@ -225,8 +225,14 @@ def similarity_search(vectors: np.ndarray, *, k: int, threshold: float, project_
         nn_sim = row_dots(unit, unit, np.repeat(np.arange(n), width), nn.ravel()).reshape(n, width)
     ok = ps >= threshold
     order = np.argsort(-nn_sim, axis=1, kind="stable")[:, :k]
-    return Neighbours(np.take_along_axis(nn, order, axis=1), np.take_along_axis(nn_sim, order, axis=1),
-                      np.stack([pi[ok], pj[ok]], axis=1), ps[ok], float(threshold), projected)
+    return Neighbours(
+        np.take_along_axis(nn, order, axis=1),
+        np.take_along_axis(nn_sim, order, axis=1),
+        np.stack([pi[ok], pj[ok]], axis=1),
+        ps[ok],
+        float(threshold),
+        projected,
+    )
 
 
 def group_pairs(n: int, pairs: np.ndarray) -> list[list[int]]:
@@ -265,8 +271,16 @@ def stratified_folds(y: np.ndarray, folds: int, seed: int) -> np.ndarray:
     return out
 
 
-def out_of_sample_probabilities(x: np.ndarray, y: np.ndarray, n_classes: int, *, folds: int, seed: int,
-                                head_params: dict[str, Any], exclude: np.ndarray | None = None) -> np.ndarray:
+def out_of_sample_probabilities(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    *,
+    folds: int,
+    seed: int,
+    head_params: dict[str, Any],
+    exclude: np.ndarray | None = None,
+) -> np.ndarray:
     """``[n, n_classes]`` probabilities, each row from a head that never saw that row.
 
     ``exclude`` (bool per row) keeps rows out of every fold's *training* set while

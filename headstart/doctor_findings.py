@@ -81,13 +81,15 @@ def exact_duplicate_groups(index: ImageIndex, root: Path) -> tuple[list[tuple[st
         if digest != empty:
             rel = _relative(s.path, root)
             by_sha.setdefault(digest, []).append((rel, PurePosixPath(rel).parts[0]))
-    groups = [(sha, sorted(copies, key=lambda c: (len(c[0]), c[0]))) for sha, copies in by_sha.items()
-              if len(copies) > 1]
+    groups = [
+        (sha, sorted(copies, key=lambda c: (len(c[0]), c[0]))) for sha, copies in by_sha.items() if len(copies) > 1
+    ]
     return sorted(groups, key=lambda g: g[1][0]), {rel for _, copies in groups for rel, _ in copies}
 
 
-def exact_duplicate_findings(groups: Sequence[tuple[str, list[tuple[str, str]]]], labels: Sequence[str],
-                             head: Any, conflict_vectors: Any) -> list[ExactDuplicate]:
+def exact_duplicate_findings(
+    groups: Sequence[tuple[str, list[tuple[str, str]]]], labels: Sequence[str], head: Any, conflict_vectors: Any
+) -> list[ExactDuplicate]:
     suggested: dict[str, str] = {}
     if head is not None and conflict_vectors is not None:
         for record, p in zip(conflict_vectors.records, head.predict_proba(conflict_vectors.vectors)):
@@ -98,16 +100,19 @@ def exact_duplicate_findings(groups: Sequence[tuple[str, list[tuple[str, str]]]]
         classes = tuple(label for _, label in copies)
         conflict = len(set(classes)) > 1
         if conflict:
-            reason = (f"the same bytes in classes {', '.join(sorted(set(classes)))}: a label conflict, "
-                      "retrain uses none of the copies")
+            reason = (
+                f"the same bytes in classes {', '.join(sorted(set(classes)))}: a label conflict, "
+                "retrain uses none of the copies"
+            )
         else:
             reason = f"{len(paths)} copies of the same bytes in '{classes[0]}'; retrain already counts them once"
         out.append(ExactDuplicate(paths[0], reason, 1.0, paths, classes, conflict, suggested.get(sha)))
     return sorted(out, key=lambda f: (not f.conflict, f.path))
 
 
-def near_duplicate_groups(records: Sequence[ImageRecord], y: np.ndarray, x: np.ndarray, prints: np.ndarray,
-                          nbrs: Neighbours, threshold: float) -> tuple[list[NearDuplicateGroup], list[Pair]]:
+def near_duplicate_groups(
+    records: Sequence[ImageRecord], y: np.ndarray, x: np.ndarray, prints: np.ndarray, nbrs: Neighbours, threshold: float
+) -> tuple[list[NearDuplicateGroup], list[Pair]]:
     """Pairs by bottleneck cosine, or by fingerprint among the nearest neighbours; grouped (connected)."""
     found: dict[tuple[int, int], float] = {}
     for (i, j), s in zip(nbrs.pairs.tolist(), nbrs.pair_similarity.tolist()):
@@ -125,8 +130,10 @@ def near_duplicate_groups(records: Sequence[ImageRecord], y: np.ndarray, x: np.n
         return [], []
     keys = np.array(list(found), dtype=np.int64)
     corr_all = row_dots(prints, prints, keys[:, 0], keys[:, 1])
-    pairs: list[Pair] = [(int(i), int(j), float(found[(int(i), int(j))]), float(c))
-                         for (i, j), c in zip(keys.tolist(), corr_all.tolist())]
+    pairs: list[Pair] = [
+        (int(i), int(j), float(found[(int(i), int(j))]), float(c))
+        for (i, j), c in zip(keys.tolist(), corr_all.tolist())
+    ]
     by_member: dict[int, list[Pair]] = {}
     for p in pairs:
         by_member.setdefault(p[0], []).append(p)
@@ -136,19 +143,36 @@ def near_duplicate_groups(records: Sequence[ImageRecord], y: np.ndarray, x: np.n
         group_pairs_ = [p for i in members for p in by_member.get(i, []) if p[1] in member_set]
         classes = [records[i].label for i in members]
         majority = max(set(classes), key=classes.count)
-        keep = min(members, key=lambda i: (_SPLIT_ORDER.get(records[i].split, 3), records[i].label != majority,
-                                           len(records[i].relpath), records[i].relpath))
+        keep = min(
+            members,
+            key=lambda i: (
+                _SPLIT_ORDER.get(records[i].split, 3),
+                records[i].label != majority,
+                len(records[i].relpath),
+                records[i].relpath,
+            ),
+        )
         ordered = [keep] + [i for i in members if i != keep]
         conflict = len(set(classes)) > 1
         best = max(p[2] for p in group_pairs_)
         where = f" in different classes ({', '.join(sorted(set(classes)))})" if conflict else f" in '{classes[0]}'"
         reason = f"{len(members)} near-identical images{where}; keep {records[keep].relpath}"
-        groups.append(NearDuplicateGroup(
-            records[keep].relpath, reason, _r4(best), tuple(records[i].relpath for i in ordered),
-            tuple(records[i].label for i in ordered), tuple(records[i].split for i in ordered),
-            tuple(NearDuplicatePair(records[a].relpath, records[b].relpath, _r4(s), _r4(c))
-                  for a, b, s, c in sorted(group_pairs_, key=lambda p: -p[2])),
-            conflict, float(threshold)))
+        groups.append(
+            NearDuplicateGroup(
+                records[keep].relpath,
+                reason,
+                _r4(best),
+                tuple(records[i].relpath for i in ordered),
+                tuple(records[i].label for i in ordered),
+                tuple(records[i].split for i in ordered),
+                tuple(
+                    NearDuplicatePair(records[a].relpath, records[b].relpath, _r4(s), _r4(c))
+                    for a, b, s, c in sorted(group_pairs_, key=lambda p: -p[2])
+                ),
+                conflict,
+                float(threshold),
+            )
+        )
     return sorted(groups, key=lambda g: (not g.conflict, -g.score, g.path)), pairs
 
 
@@ -159,9 +183,14 @@ def _held_out(split_a: str, split_b: str) -> int | None:
     return 1 if _SPLIT_ORDER.get(split_a, 3) < _SPLIT_ORDER.get(split_b, 3) else 0
 
 
-def leak_findings(records: Sequence[ImageRecord], pairs: Sequence[Pair],
-                  exact_groups: Sequence[tuple[str, list[tuple[str, str]]]], root: Path,
-                  validation_percentage: float, testing_percentage: float) -> list[Leak]:
+def leak_findings(
+    records: Sequence[ImageRecord],
+    pairs: Sequence[Pair],
+    exact_groups: Sequence[tuple[str, list[tuple[str, str]]]],
+    root: Path,
+    validation_percentage: float,
+    testing_percentage: float,
+) -> list[Leak]:
     leaked: dict[str, dict[str, Any]] = {}
 
     def add(path: str, label: str, split: str, match: str, match_split: str, score: float, exact: bool) -> None:
@@ -188,17 +217,32 @@ def leak_findings(records: Sequence[ImageRecord], pairs: Sequence[Pair],
         matches = sorted(e["matches"], key=lambda m: (_SPLIT_ORDER.get(e["matches"][m], 3), m))
         first = matches[0]
         if e["exact"]:
-            reason = (f"same bytes as {first} ({e['matches'][first]}); retrain uses one copy only, "
-                      "so it does not inflate the test accuracy, but remove it")
+            reason = (
+                f"same bytes as {first} ({e['matches'][first]}); retrain uses one copy only, "
+                "so it does not inflate the test accuracy, but remove it"
+            )
         else:
             reason = f"{e['split']} image nearly identical to {first} ({e['matches'][first]})"
-        out.append(Leak(path, reason, _r4(e["score"]), e["label"], e["split"], tuple(matches),
-                        tuple(e["matches"][m] for m in matches), bool(e["exact"]), None, None))
+        out.append(
+            Leak(
+                path,
+                reason,
+                _r4(e["score"]),
+                e["label"],
+                e["split"],
+                tuple(matches),
+                tuple(e["matches"][m] for m in matches),
+                bool(e["exact"]),
+                None,
+                None,
+            )
+        )
     return sorted(out, key=lambda f: (-f.score, f.path))
 
 
-def leak_accuracy(records: Sequence[ImageRecord], x: np.ndarray, y: np.ndarray, head: Any,
-                  leaked_test: set[str]) -> tuple[float | None, float | None]:
+def leak_accuracy(
+    records: Sequence[ImageRecord], x: np.ndarray, y: np.ndarray, head: Any, leaked_test: set[str]
+) -> tuple[float | None, float | None]:
     """Test accuracy of a head trained as retrain trains it, on all test images and without the leaked ones."""
     test = np.flatnonzero([r.split == "testing" for r in records])
     if head is None or not len(test):
@@ -211,8 +255,16 @@ def leak_accuracy(records: Sequence[ImageRecord], x: np.ndarray, y: np.ndarray, 
 # --------------------------------------------------------------------------- labels
 
 
-def label_issue_findings(records: Sequence[ImageRecord], x: np.ndarray, y: np.ndarray, labels: Sequence[str], *,
-                         folds: int, seed: int, oof: Callable[..., np.ndarray]) -> tuple[list[LabelIssue], list[str]]:
+def label_issue_findings(
+    records: Sequence[ImageRecord],
+    x: np.ndarray,
+    y: np.ndarray,
+    labels: Sequence[str],
+    *,
+    folds: int,
+    seed: int,
+    oof: Callable[..., np.ndarray],
+) -> tuple[list[LabelIssue], list[str]]:
     """Confident learning on K-fold probabilities, in two rounds.
 
     Round one finds cleanlab's suspects; round two retrains every fold without
@@ -224,8 +276,9 @@ def label_issue_findings(records: Sequence[ImageRecord], x: np.ndarray, y: np.nd
         import cleanlab.filter
         import cleanlab.rank
     except ImportError:
-        raise HeadstartError("label checks need the cleanlab package, which is not installed",
-                             hint=CLEANLAB_HINT) from None
+        raise HeadstartError(
+            "label checks need the cleanlab package, which is not installed", hint=CLEANLAB_HINT
+        ) from None
     notes: list[str] = []
     present = np.unique(y)
     if len(present) < 2:
@@ -254,11 +307,24 @@ def label_issue_findings(records: Sequence[ImageRecord], x: np.ndarray, y: np.nd
         best = int(np.argmax(p))
         given, suggested = labels[present[yy[i]]], labels[present[best]]
         r = records[i]
-        reason = (f"labelled '{given}' ({100 * given_p:.0f} % out of sample), "
-                  f"looks like '{suggested}' ({100 * float(proba[i, best]):.0f} %)"
-                  + ("" if flagged[i] else "; not flagged by confident learning"))
-        out.append(LabelIssue(r.relpath, reason, _r4(1.0 - quality[i]), given, suggested, _r4(given_p),
-                              _r4(proba[i, best]), r.split, bool(flagged[i])))
+        reason = (
+            f"labelled '{given}' ({100 * given_p:.0f} % out of sample), "
+            f"looks like '{suggested}' ({100 * float(proba[i, best]):.0f} %)"
+            + ("" if flagged[i] else "; not flagged by confident learning")
+        )
+        out.append(
+            LabelIssue(
+                r.relpath,
+                reason,
+                _r4(1.0 - quality[i]),
+                given,
+                suggested,
+                _r4(given_p),
+                _r4(proba[i, best]),
+                r.split,
+                bool(flagged[i]),
+            )
+        )
     return sorted(out, key=lambda f: (-f.score, f.path)), notes
 
 
@@ -278,9 +344,18 @@ def outlier_findings(records: Sequence[ImageRecord], nbrs: Neighbours) -> list[O
     for i in np.flatnonzero(z > OUTLIER_Z).tolist():
         r = records[i]
         near = records[int(nbrs.index[i, 0])]
-        out.append(Outlier(r.relpath, f"far from every other image (z = {z[i]:.1f}; nearest {near.relpath})",
-                           _r4(score[i]), r.label, r.split, near.relpath, _r4(nbrs.similarity[i, 0]),
-                           round(float(z[i]), 2)))
+        out.append(
+            Outlier(
+                r.relpath,
+                f"far from every other image (z = {z[i]:.1f}; nearest {near.relpath})",
+                _r4(score[i]),
+                r.label,
+                r.split,
+                near.relpath,
+                _r4(nbrs.similarity[i, 0]),
+                round(float(z[i]), 2),
+            )
+        )
     return sorted(out, key=lambda f: (-f.score, f.path))
 
 
@@ -288,9 +363,14 @@ def _class_of(rel: str) -> str:
     return PurePosixPath(rel).parts[0]
 
 
-def image_issue_findings(records: Sequence[ImageRecord], stats: Sequence[ImageStats],
-                         index_skipped: Sequence[SkippedImage], extract_skipped: Sequence[SkippedImage],
-                         duplicate_paths: set[str], root: Path) -> list[ImageIssue]:
+def image_issue_findings(
+    records: Sequence[ImageRecord],
+    stats: Sequence[ImageStats],
+    index_skipped: Sequence[SkippedImage],
+    extract_skipped: Sequence[SkippedImage],
+    duplicate_paths: set[str],
+    root: Path,
+) -> list[ImageIssue]:
     out: list[ImageIssue] = []
     for skipped in (*index_skipped, *extract_skipped):
         rel = _relative(skipped.path, root)
@@ -305,6 +385,7 @@ def image_issue_findings(records: Sequence[ImageRecord], stats: Sequence[ImageSt
     usable = np.isfinite(sharp) & (sharp > 0)
     median_sharp = float(np.median(sharp[usable])) if usable.sum() >= 10 else None
     for (r, s), short in zip(good, shorter):
+
         def add(kind: str, reason: str, score: float, r: ImageRecord = r) -> None:
             out.append(ImageIssue(r.relpath, reason, _r4(min(1.0, max(0.0, score))), kind, r.label))
 
@@ -314,17 +395,26 @@ def image_issue_findings(records: Sequence[ImageRecord], stats: Sequence[ImageSt
         if ratio > MAX_ASPECT:
             add("aspect_ratio", f"extreme aspect ratio {ratio:.1f}:1 ({s.width}x{s.height})", 1 - MAX_ASPECT / ratio)
         if s.std < BLANK_STD:
-            add("near_blank", f"near-blank: one flat grey level ({s.mean:.0f}, spread {s.std:.1f})",
-                1 - s.std / BLANK_STD)
+            add(
+                "near_blank",
+                f"near-blank: one flat grey level ({s.mean:.0f}, spread {s.std:.1f})",
+                1 - s.std / BLANK_STD,
+            )
             continue  # a blank image is also dark or bright and unsharp: one finding says it
         if s.p99 < DARK_P99:
             add("dark", f"very dark: 99 % of pixels below grey level {s.p99:.0f}", 1 - s.p99 / DARK_P99)
         if s.p01 > BRIGHT_P01:
-            add("bright", f"very bright: 99 % of pixels above grey level {s.p01:.0f}",
-                (s.p01 - BRIGHT_P01) / (255 - BRIGHT_P01))
+            add(
+                "bright",
+                f"very bright: 99 % of pixels above grey level {s.p01:.0f}",
+                (s.p01 - BRIGHT_P01) / (255 - BRIGHT_P01),
+            )
         if median_sharp is not None and np.isfinite(s.sharpness) and s.sharpness < BLUR_FRACTION * median_sharp:
-            add("blurred", f"heavily blurred: {s.sharpness / median_sharp:.2f} of the folder's median sharpness",
-                1 - s.sharpness / (BLUR_FRACTION * median_sharp))
+            add(
+                "blurred",
+                f"heavily blurred: {s.sharpness / median_sharp:.2f} of the folder's median sharpness",
+                1 - s.sharpness / (BLUR_FRACTION * median_sharp),
+            )
     return sorted(out, key=lambda f: (f.kind != "unreadable", -f.score, f.path))
 
 
@@ -343,6 +433,16 @@ def class_balance_findings(records: Sequence[ImageRecord], labels: Sequence[str]
         if len(labels) > 1 and largest and n * MAX_IMBALANCE < largest:
             problems.append(f"{largest / max(n, 1):.1f}x fewer training images than the largest class ({largest})")
         reason = "; ".join(problems) or f"{n} training, {c['validation']} validation, {c['testing']} test images"
-        out.append(ClassBalance(label, reason, _r4(n / largest if largest else 0.0), label, n, c["validation"],
-                                c["testing"], bool(problems)))
+        out.append(
+            ClassBalance(
+                label,
+                reason,
+                _r4(n / largest if largest else 0.0),
+                label,
+                n,
+                c["validation"],
+                c["testing"],
+                bool(problems),
+            )
+        )
     return sorted(out, key=lambda f: (not f.flagged, f.score, f.label))

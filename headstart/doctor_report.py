@@ -46,8 +46,10 @@ class Fix:
 
     def line(self, root: Path) -> str:
         src = root / self.source
-        return (f"mkdir -p {shlex.quote(str(self.target.parent))} && "
-                f"mv -n -- {shlex.quote(str(src))} {shlex.quote(str(self.target))}")
+        return (
+            f"mkdir -p {shlex.quote(str(self.target.parent))} && "
+            f"mv -n -- {shlex.quote(str(src))} {shlex.quote(str(self.target))}"
+        )
 
 
 def quarantine_dir(root: Path) -> Path:
@@ -66,7 +68,7 @@ def plan_fixes(report: DoctorReport) -> list[Fix]:
         if rel in planned:
             return
         parts = PurePosixPath(rel).parts
-        target = (root.joinpath(label, *parts[1:]) if label else quarantine.joinpath(*parts))
+        target = root.joinpath(label, *parts[1:]) if label else quarantine.joinpath(*parts)
         n = 1
         while target in targets or target.exists():  # never overwrite, never two files to one name
             stem = PurePosixPath(parts[-1]).stem
@@ -95,8 +97,13 @@ def plan_fixes(report: DoctorReport) -> list[Fix]:
     for o in report.outliers:
         add(o.path, "outliers", o.reason, o.z >= OUTLIER_CERTAIN_Z)
     for li in report.label_issues:
-        add(li.path, "label_issues", li.reason, li.confident and li.suggested_probability >= LABEL_FIX_CONFIDENCE,
-            label=li.suggested)
+        add(
+            li.path,
+            "label_issues",
+            li.reason,
+            li.confident and li.suggested_probability >= LABEL_FIX_CONFIDENCE,
+            label=li.suggested,
+        )
     return list(planned.values())
 
 
@@ -115,9 +122,14 @@ def render_fix_script(report: DoctorReport, fixes: list[Fix] | None = None) -> s
         "# mv -n never overwrites a file; moving a file back undoes a line.",
         "set -u",
     ]
-    titles = {"exact_duplicates": "exact duplicates", "image_issues": "unusable or odd images",
-              "near_duplicates": "near-duplicates (the first of each group stays)", "leaks": "leaks across splits",
-              "outliers": "outliers", "label_issues": "likely label errors (to the suggested class)"}
+    titles = {
+        "exact_duplicates": "exact duplicates",
+        "image_issues": "unusable or odd images",
+        "near_duplicates": "near-duplicates (the first of each group stays)",
+        "leaks": "leaks across splits",
+        "outliers": "outliers",
+        "label_issues": "likely label errors (to the suggested class)",
+    }
     for kind, title in titles.items():
         chosen = [f for f in fixes if f.kind == kind]
         if not chosen:
@@ -139,11 +151,21 @@ def finding_rows(report: DoctorReport) -> list[dict[str, Any]]:
     rows = []
     for kind in FINDING_KINDS:
         for f in getattr(report, kind):
-            label = getattr(f, "given", None) or getattr(f, "label", None) or (
-                ";".join(getattr(f, "classes", ())) or None)
-            rows.append({"kind": kind, "path": f.path, "reason": f.reason, "score": f.score, "label": label or "",
-                         "suggested": getattr(f, "suggested", None) or "", "split": getattr(f, "split", "") or "",
-                         "paths": ";".join(getattr(f, "paths", ()) or getattr(f, "matches", ()))})
+            label = (
+                getattr(f, "given", None) or getattr(f, "label", None) or (";".join(getattr(f, "classes", ())) or None)
+            )
+            rows.append(
+                {
+                    "kind": kind,
+                    "path": f.path,
+                    "reason": f.reason,
+                    "score": f.score,
+                    "label": label or "",
+                    "suggested": getattr(f, "suggested", None) or "",
+                    "split": getattr(f, "split", "") or "",
+                    "paths": ";".join(getattr(f, "paths", ()) or getattr(f, "matches", ())),
+                }
+            )
     return rows
 
 
@@ -230,7 +252,8 @@ def _finding_html(kind: str, f: Any, thumbs: _Thumbs, fixes: dict[str, Fix], roo
         head = f"<b>{len(f.paths)} images</b>{extra}"
     elif kind == "leaks":
         figs = _figure(thumbs, f.path, f"{f.path} [{f.split}]") + "".join(
-            _figure(thumbs, m, f"{m} [{s}]") for m, s in list(zip(f.matches, f.match_splits))[:MAX_THUMBS - 1])
+            _figure(thumbs, m, f"{m} [{s}]") for m, s in list(zip(f.matches, f.match_splits))[: MAX_THUMBS - 1]
+        )
         lines_for = [f.path]
         head = f"<b>{_e(f.path)}</b> ({_e(f.split)}, class {_e(f.label)})"
     elif kind == "class_balance":
@@ -249,18 +272,25 @@ def _finding_html(kind: str, f: Any, thumbs: _Thumbs, fixes: dict[str, Fix], roo
             continue
         line = fix.line(root)
         note = "" if fix.active else " (commented out in the fix script: review)"
-        rows.append(f"<code>{_e(line)}</code><button type='button' data-line='{_e(line)}' "
-                    f"onclick='copyLine(this)'>copy mv line</button>{_e(note)}")
-    return (f"<div class='finding'><div class='thumbs'>{figs}</div><div class='text'>{head}<br>"
-            f"{_e(f.reason)}<br>score {f.score:.4g}{''.join(rows)}</div></div>")
+        rows.append(
+            f"<code>{_e(line)}</code><button type='button' data-line='{_e(line)}' "
+            f"onclick='copyLine(this)'>copy mv line</button>{_e(note)}"
+        )
+    return (
+        f"<div class='finding'><div class='thumbs'>{figs}</div><div class='text'>{head}<br>"
+        f"{_e(f.reason)}<br>score {f.score:.4g}{''.join(rows)}</div></div>"
+    )
 
 
 def _balance_table(report: DoctorReport) -> str:
-    head = ("<tr><th class='l'>class</th><th>training</th><th>validation</th><th>testing</th>"
-            "<th class='l'>note</th></tr>")
-    body = "".join(f"<tr{' class=bad' if c.flagged else ''}><td class='l'>{_e(c.label)}</td><td>{c.training}</td>"
-                   f"<td>{c.validation}</td><td>{c.testing}</td><td class='l'>{_e(c.reason)}</td></tr>"
-                   for c in sorted(report.class_balance, key=lambda c: c.label))
+    head = (
+        "<tr><th class='l'>class</th><th>training</th><th>validation</th><th>testing</th><th class='l'>note</th></tr>"
+    )
+    body = "".join(
+        f"<tr{' class=bad' if c.flagged else ''}><td class='l'>{_e(c.label)}</td><td>{c.training}</td>"
+        f"<td>{c.validation}</td><td>{c.testing}</td><td class='l'>{_e(c.reason)}</td></tr>"
+        for c in sorted(report.class_balance, key=lambda c: c.label)
+    )
     return f"<table>{head}{body}</table>"
 
 
@@ -269,14 +299,23 @@ def render_html(report: DoctorReport) -> str:
     root = report.image_dir
     fixes = {f.source: f for f in plan_fixes(report)}
     thumbs = _Thumbs(root)
-    titles = {"label_issues": "Label issues", "leaks": "Leaks across splits",
-              "near_duplicates": "Near-duplicates", "exact_duplicates": "Exact duplicates", "outliers": "Outliers",
-              "image_issues": "Image problems", "class_balance": "Class balance"}
+    titles = {
+        "label_issues": "Label issues",
+        "leaks": "Leaks across splits",
+        "near_duplicates": "Near-duplicates",
+        "exact_duplicates": "Exact duplicates",
+        "outliers": "Outliers",
+        "image_issues": "Image problems",
+        "class_balance": "Class balance",
+    }
     likely = sum(f.confident for f in report.label_issues)
     counts = {k: str(len(getattr(report, k))) for k in titles}
     counts["label_issues"] += f" ({likely} likely)"
-    cards = "".join(f"<div class='card'><span>{_e(titles[k])}</span><b>{_e(counts[k])}</b></div>"
-                    for k in titles if k != "class_balance")
+    cards = "".join(
+        f"<div class='card'><span>{_e(titles[k])}</span><b>{_e(counts[k])}</b></div>"
+        for k in titles
+        if k != "class_balance"
+    )
     acc = ""
     if report.test_accuracy is not None:
         acc = f"<p>Test accuracy {100 * report.test_accuracy:.1f} %"
@@ -297,13 +336,16 @@ def render_html(report: DoctorReport) -> str:
     from . import __version__
 
     stamp = datetime.now().astimezone().isoformat(timespec="seconds")
-    return ("<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width,initial-scale=1'>"
-            f"<title>headstart doctor: {_e(root.name)}</title><style>{_CSS}</style><script>{_SCRIPT}</script>"
-            f"</head><body><h1>Data doctor: {_e(root.name)}</h1>"
-            f"<p class='sub'>{_e(root)}: {report.n_images} images, {len(report.labels)} classes, "
-            f"{len(report.skipped)} skipped. {_e(summary_line(report))}.</p><div class='cards'>{cards}</div>{acc}"
-            f"<ul class='sub'>{notes}</ul>" + "".join(sections)
-            + f"<hr><p class='sub'>Written by headstart {_e(__version__)} on {_e(stamp)}. Nothing was moved: "
-              "the copy buttons give each image's <code>mv</code> line, and <code>--write_fix_script</code> "
-              "writes them all. Self-contained: opens offline.</p></body></html>\n")
+    return (
+        "<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width,initial-scale=1'>"
+        f"<title>headstart doctor: {_e(root.name)}</title><style>{_CSS}</style><script>{_SCRIPT}</script>"
+        f"</head><body><h1>Data doctor: {_e(root.name)}</h1>"
+        f"<p class='sub'>{_e(root)}: {report.n_images} images, {len(report.labels)} classes, "
+        f"{len(report.skipped)} skipped. {_e(summary_line(report))}.</p><div class='cards'>{cards}</div>{acc}"
+        f"<ul class='sub'>{notes}</ul>"
+        + "".join(sections)
+        + f"<hr><p class='sub'>Written by headstart {_e(__version__)} on {_e(stamp)}. Nothing was moved: "
+        "the copy buttons give each image's <code>mv</code> line, and <code>--write_fix_script</code> "
+        "writes them all. Self-contained: opens offline.</p></body></html>\n"
+    )

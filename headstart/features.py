@@ -53,8 +53,9 @@ class Bottlenecks:
         return tuple(self.records[i] for i in rows), self.vectors[rows]
 
 
-def extractor_fingerprint(backbone: Backbone, choice: RuntimeChoice, distortion: Distortion | None = None,
-                          decoder: str | None = None) -> str:
+def extractor_fingerprint(
+    backbone: Backbone, choice: RuntimeChoice, distortion: Distortion | None = None, decoder: str | None = None
+) -> str:
     """Cache key part that says which numbers a vector came from (which distorted copy, which decoder).
 
     ``decoder`` names a decoder whose pixels differ from the CPU decoder's (nvJPEG on
@@ -73,8 +74,6 @@ def default_workers() -> int:
     (measured in docs/PERFORMANCE.md; fewer starves the network, more only adds
     switching)."""
     return max(1, min(8, os.cpu_count() or 1))
-
-
 
 
 def resolve_decode_mode(mode: str, choice: RuntimeChoice) -> str:
@@ -96,8 +95,9 @@ def resolve_decode_mode(mode: str, choice: RuntimeChoice) -> str:
     return mode
 
 
-def decode_one(path: Path, prep: Preprocessing, distortion: Distortion | None = None,
-               seed: str = "") -> tuple[np.ndarray | None, str | None]:
+def decode_one(
+    path: Path, prep: Preprocessing, distortion: Distortion | None = None, seed: str = ""
+) -> tuple[np.ndarray | None, str | None]:
     """``(image, None)`` or ``(None, reason)``: never raises for a bad file, so
     it can run in a thread or a worker process alike (results are plain data)."""
     try:
@@ -123,15 +123,22 @@ def _create_pool(workers: int, mode: str) -> Executor:
 
         # forkserver/spawn, never fork: the parent already runs the network's threads.
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method),
-                                   initializer=_init_decoder)
+        return ProcessPoolExecutor(
+            max_workers=workers, mp_context=multiprocessing.get_context(method), initializer=_init_decoder
+        )
     raise UsageError(f"unknown decode mode {mode!r}", hint=f"use one of {', '.join(DECODE_MODES)}")
 
 
-def decode_ahead(paths: Sequence[Path], prep: Preprocessing, batch_size: int, workers: int,
-                 lookahead_batches: int = 3, mode: str = "threads", distortion: Distortion | None = None,
-                 seeds: Sequence[str] | None = None,
-                 ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+def decode_ahead(
+    paths: Sequence[Path],
+    prep: Preprocessing,
+    batch_size: int,
+    workers: int,
+    lookahead_batches: int = 3,
+    mode: str = "threads",
+    distortion: Distortion | None = None,
+    seeds: Sequence[str] | None = None,
+) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
     """Yield ``(position, image, error)`` in order, decoding a bounded distance ahead.
 
     ``mode="threads"``: the decoders (libjpeg-turbo, Pillow, OpenCV) release
@@ -159,9 +166,13 @@ def decode_ahead(paths: Sequence[Path], prep: Preprocessing, batch_size: int, wo
                 future.cancel()
 
 
-def run_batches(runner: Runner, items: Iterator[tuple[int, np.ndarray | None, str | None]], batch_size: int,
-                on_batch: Callable[[list[int], np.ndarray], None],
-                on_skip: Callable[[int, str], None]) -> None:
+def run_batches(
+    runner: Runner,
+    items: Iterator[tuple[int, np.ndarray | None, str | None]],
+    batch_size: int,
+    on_batch: Callable[[list[int], np.ndarray], None],
+    on_skip: Callable[[int, str], None],
+) -> None:
     """Group decoded images into full batches and run the network on each."""
     positions: list[int] = []
     images: list[np.ndarray] = []
@@ -178,12 +189,21 @@ def run_batches(runner: Runner, items: Iterator[tuple[int, np.ndarray | None, st
         on_batch(positions, runner(np.stack(images)))
 
 
-def compute_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cache: BottleneckCache, *,
-                        runtime: str | RuntimeChoice = "auto", precision: str = "auto",
-                        batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
-                        progress: bool = True, runner: Runner | None = None,
-                        decode: str = "auto", distortion: Distortion | None = None,
-                        ray: Any = None) -> Bottlenecks:
+def compute_bottlenecks(
+    records: Sequence[ImageRecord],
+    backbone: Backbone,
+    cache: BottleneckCache,
+    *,
+    runtime: str | RuntimeChoice = "auto",
+    precision: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+    progress: bool = True,
+    runner: Runner | None = None,
+    decode: str = "auto",
+    distortion: Distortion | None = None,
+    ray: Any = None,
+) -> Bottlenecks:
     """Bottleneck vectors for ``records``: cached ones read, the rest computed and cached.
 
     The network is only built when at least one image misses the cache.
@@ -195,8 +215,17 @@ def compute_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cach
     if ray is not None:  # a headstart.ray_cluster.RaySettings: the misses are computed on a Ray cluster
         from .distributed import compute_bottlenecks_on_ray
 
-        return compute_bottlenecks_on_ray(records, backbone, cache, ray, runtime=runtime, precision=precision,
-                                          batch_size=batch_size, progress=progress, distortion=distortion)
+        return compute_bottlenecks_on_ray(
+            records,
+            backbone,
+            cache,
+            ray,
+            runtime=runtime,
+            precision=precision,
+            batch_size=batch_size,
+            progress=progress,
+            distortion=distortion,
+        )
     start = time.perf_counter()
     choice = runtime if isinstance(runtime, RuntimeChoice) else resolve_runtime(runtime, precision)
     decode = resolve_decode_mode(decode, choice)
@@ -208,8 +237,12 @@ def compute_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cach
 
         decoder = decoder_id()
     extractor = extractor_fingerprint(backbone, choice, distortion, decoder)
-    described = {**backbone.describe(), "runtime": choice.runtime, "precision": choice.precision,
-                 "preprocessing": backbone.preprocessing.to_dict()}
+    described = {
+        **backbone.describe(),
+        "runtime": choice.runtime,
+        "precision": choice.precision,
+        "preprocessing": backbone.preprocessing.to_dict(),
+    }
     if distortion is not None and distortion.active:
         described["distortion"] = asdict(distortion)
     if decoder is not None:
@@ -227,9 +260,15 @@ def compute_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cach
     skipped: list[SkippedImage] = []
     if misses:
         what = f"distorted copy {distortion.copy + 1} of " if distortion is not None and distortion.active else ""
-        log.info("%d of %d %s cached; computing %d with %s (%s)", cached, len(records),
-                 f"{what}bottleneck" if len(records) == 1 else f"{what}bottlenecks", len(misses), backbone.name,
-                 choice.key)
+        log.info(
+            "%d of %d %s cached; computing %d with %s (%s)",
+            cached,
+            len(records),
+            f"{what}bottleneck" if len(records) == 1 else f"{what}bottlenecks",
+            len(misses),
+            backbone.name,
+            choice.key,
+        )
         if runner is None and decode != "gpu":
             runner = create_runner(backbone, choice, models_dir(cache.directory))
         with Progress(len(misses), "Distorted" if what else "Bottlenecks", unit="img", enabled=progress) as bar:
@@ -256,17 +295,32 @@ def compute_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cach
                 run_gpu_pipeline(paths, backbone.preprocessing, module, batch_size, store, skip, readers=workers)
             else:
                 assert runner is not None  # built above for every mode but gpu
-                run_batches(runner, decode_ahead(paths, backbone.preprocessing, batch_size,
-                                                 workers or default_workers(), mode=decode, distortion=distortion,
-                                                 seeds=[r.sha256 for r in misses]), batch_size, store, skip)
+                run_batches(
+                    runner,
+                    decode_ahead(
+                        paths,
+                        backbone.preprocessing,
+                        batch_size,
+                        workers or default_workers(),
+                        mode=decode,
+                        distortion=distortion,
+                        seeds=[r.sha256 for r in misses],
+                    ),
+                    batch_size,
+                    store,
+                    skip,
+                )
     else:
-        log.info("%s cached (%s, %s): the network is not run",
-                 "the 1 bottleneck is" if len(records) == 1 else f"all {len(records)} bottlenecks", backbone.name,
-                 choice.key)
+        log.info(
+            "%s cached (%s, %s): the network is not run",
+            "the 1 bottleneck is" if len(records) == 1 else f"all {len(records)} bottlenecks",
+            backbone.name,
+            choice.key,
+        )
     kept = tuple(r for r in records if r.sha256 in vectors)
     if not kept:
-        raise HeadstartError("no image could be turned into a bottleneck",
-                             hint="check the skipped images listed above")
+        raise HeadstartError("no image could be turned into a bottleneck", hint="check the skipped images listed above")
     matrix = np.stack([vectors[r.sha256] for r in kept]).astype(np.float32, copy=False)
-    return Bottlenecks(kept, matrix, tuple(skipped), len(misses) - len(skipped), cached,
-                       time.perf_counter() - start, extractor, choice)
+    return Bottlenecks(
+        kept, matrix, tuple(skipped), len(misses) - len(skipped), cached, time.perf_counter() - start, extractor, choice
+    )

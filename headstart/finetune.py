@@ -88,8 +88,9 @@ class Source(Protocol):
 
     def __len__(self) -> int: ...
 
-    def batches(self, order: np.ndarray, batch_size: int,
-                epoch: int | None) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    def batches(
+        self, order: np.ndarray, batch_size: int, epoch: int | None
+    ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
         """``(x, positions)`` for ``order`` in batches; ``epoch`` None: evaluation (no augmentation)."""
         ...
 
@@ -100,21 +101,23 @@ class Source(Protocol):
 class MapSource:
     """Cached maps of some records, read from the map store a batch at a time (float16 on disk)."""
 
-    def __init__(self, cache: Any, maps: Any, records: Sequence[ImageRecord], *, flip: bool = False,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, cache: Any, maps: Any, records: Sequence[ImageRecord], *, flip: bool = False, seed: int = 0
+    ) -> None:
         self.cache, self.maps, self.records = cache, maps, tuple(records)
         self.flip, self.seed = flip, seed
 
     def __len__(self) -> int:
         return len(self.records)
 
-    def batches(self, order: np.ndarray, batch_size: int,
-                epoch: int | None) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    def batches(
+        self, order: np.ndarray, batch_size: int, epoch: int | None
+    ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
         from .map_cache import flip_maps, read_maps
 
         rng = np.random.default_rng([self.seed, epoch]) if epoch is not None and self.flip else None
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             x = read_maps(self.cache, self.maps, [self.records[i] for i in idx])
             if rng is not None:
                 x = flip_maps(x, rng.random(len(idx)) < 0.5)
@@ -124,8 +127,13 @@ class MapSource:
 class ImageSource:
     """Images decoded ahead in threads, distorted afresh every epoch (``--fine_tune_blocks all``)."""
 
-    def __init__(self, records: Sequence[ImageRecord], prep: Preprocessing, distortion: Distortion | None,
-                 workers: int | None = None) -> None:
+    def __init__(
+        self,
+        records: Sequence[ImageRecord],
+        prep: Preprocessing,
+        distortion: Distortion | None,
+        workers: int | None = None,
+    ) -> None:
         from .networks import InputAdapter
 
         self.records, self.prep, self.distortion = tuple(records), prep, distortion
@@ -135,8 +143,9 @@ class ImageSource:
     def __len__(self) -> int:
         return len(self.records)
 
-    def batches(self, order: np.ndarray, batch_size: int,
-                epoch: int | None) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
+    def batches(
+        self, order: np.ndarray, batch_size: int, epoch: int | None
+    ) -> Iterator[tuple[torch.Tensor, np.ndarray]]:
         from dataclasses import replace
 
         from .features import decode_ahead, default_workers
@@ -145,8 +154,14 @@ class ImageSource:
         if epoch is not None and self.distortion is not None and self.distortion.active:
             distortion = replace(self.distortion, copy=epoch)  # a new draw per image and epoch, repeatable
         records = [self.records[i] for i in order]
-        items = decode_ahead([r.path for r in records], self.prep, batch_size, self.workers or default_workers(),
-                             distortion=distortion, seeds=[r.sha256 for r in records])
+        items = decode_ahead(
+            [r.path for r in records],
+            self.prep,
+            batch_size,
+            self.workers or default_workers(),
+            distortion=distortion,
+            seeds=[r.sha256 for r in records],
+        )
         images: list[np.ndarray] = []
         positions: list[int] = []
         for position, image, error in items:
@@ -258,8 +273,9 @@ def _schedule(total_steps: int) -> Callable[[int], float]:
 # ---------------------------------------------------------------- evaluation
 
 
-def pooled_features(top: torch.nn.Module, source: Source, device: torch.device, *, progress: bool = False,
-                    desc: str = "Features") -> np.ndarray:
+def pooled_features(
+    top: torch.nn.Module, source: Source, device: torch.device, *, progress: bool = False, desc: str = "Features"
+) -> np.ndarray:
     """float32 ``[len(source), D]``: the top part's pooled output for every input, in order, fp32, eval mode.
 
     Rows of inputs that could not be read stay NaN (only images can fail: maps were checked when cached).
@@ -277,8 +293,14 @@ def pooled_features(top: torch.nn.Module, source: Source, device: torch.device, 
     return out if out is not None else np.zeros((0, 0), np.float32)
 
 
-def _evaluate(top: torch.nn.Module, classifier: torch.nn.Module, source: Source, y: np.ndarray,
-              device: torch.device, autocast: str) -> tuple[float, float]:
+def _evaluate(
+    top: torch.nn.Module,
+    classifier: torch.nn.Module,
+    source: Source,
+    y: np.ndarray,
+    device: torch.device,
+    autocast: str,
+) -> tuple[float, float]:
     """Validation ``(cross entropy after temperature scaling, accuracy)``."""
     from .calibrate import fit_temperature
 
@@ -310,10 +332,19 @@ def _autocast(device: torch.device, mode: str) -> Iterator[None]:
 # ---------------------------------------------------------------- training
 
 
-def train(top: Any, classifier: torch.nn.Sequential, train_source: Source, y_train: np.ndarray,
-          val_source: Source | None, y_val: np.ndarray, params: FineTuneParams, *,
-          device: torch.device | None = None, progress: bool = True,
-          on_epoch: Callable[[EpochResult], None] | None = None) -> FineTuneOutcome:
+def train(
+    top: Any,
+    classifier: torch.nn.Sequential,
+    train_source: Source,
+    y_train: np.ndarray,
+    val_source: Source | None,
+    y_val: np.ndarray,
+    params: FineTuneParams,
+    *,
+    device: torch.device | None = None,
+    progress: bool = True,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+) -> FineTuneOutcome:
     """Fine-tune ``top`` (its ``trainable_parameters``) and ``classifier`` in place; the best epoch's weights are kept.
 
     Early stopping watches the validation loss (after temperature scaling);
@@ -360,8 +391,9 @@ def train(top: Any, classifier: torch.nn.Sequential, train_source: Source, y_tra
                 target = labels[idx].to(device)
                 with _autocast(device, autocast):
                     logits = classifier(top(x.to(device)))
-                    loss = torch.nn.functional.cross_entropy(logits.float(), target,
-                                                             label_smoothing=params.label_smoothing)
+                    loss = torch.nn.functional.cross_entropy(
+                        logits.float(), target, label_smoothing=params.label_smoothing
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -370,35 +402,60 @@ def train(top: Any, classifier: torch.nn.Sequential, train_source: Source, y_tra
                 correct += int((logits.argmax(1) == target).sum())
                 seen += len(idx)
                 last = history[-1] if history else None
-                bar.update(len(idx), epoch=f"{epoch}/{params.epochs}", loss=f"{loss_sum / seen:.3f}",
-                           val_acc="-" if last is None or last.validation_accuracy is None
-                           else f"{last.validation_accuracy:.3f}")
+                bar.update(
+                    len(idx),
+                    epoch=f"{epoch}/{params.epochs}",
+                    loss=f"{loss_sum / seen:.3f}",
+                    val_acc="-"
+                    if last is None or last.validation_accuracy is None
+                    else f"{last.validation_accuracy:.3f}",
+                )
             train_s = time.perf_counter() - epoch_start
             val_loss = val_acc = None
             if has_val:
                 val_loss, val_acc = _evaluate(top, classifier, val_source, y_val, device, autocast)  # type: ignore[arg-type]
-            row = EpochResult(epoch, loss_sum / max(seen, 1), correct / max(seen, 1), val_loss, val_acc,
-                              time.perf_counter() - epoch_start, seen / train_s if train_s > 0 else None)
+            row = EpochResult(
+                epoch,
+                loss_sum / max(seen, 1),
+                correct / max(seen, 1),
+                val_loss,
+                val_acc,
+                time.perf_counter() - epoch_start,
+                seen / train_s if train_s > 0 else None,
+            )
             history.append(row)
-            bar.write(f"Epoch {epoch}/{params.epochs}: loss {row.train_loss:.4f}, train accuracy "
-                      f"{100 * row.train_accuracy:.1f}%" + ("" if val_acc is None else
-                      f", validation accuracy {100 * val_acc:.1f}% (loss {val_loss:.4f})")
-                      + (f", {row.images_per_second:.0f} img/s" if row.images_per_second else ""))
+            bar.write(
+                f"Epoch {epoch}/{params.epochs}: loss {row.train_loss:.4f}, train accuracy "
+                f"{100 * row.train_accuracy:.1f}%"
+                + ("" if val_acc is None else f", validation accuracy {100 * val_acc:.1f}% (loss {val_loss:.4f})")
+                + (f", {row.images_per_second:.0f} img/s" if row.images_per_second else "")
+            )
             if on_epoch is not None:
                 on_epoch(row)
             if not math.isfinite(row.train_loss or 0.0):
-                log.warning("fine-tuning diverged at epoch %d; keeping epoch %d (lower --fine_tune_learning_rate)",
-                            epoch, best_epoch)
+                log.warning(
+                    "fine-tuning diverged at epoch %d; keeping epoch %d (lower --fine_tune_learning_rate)",
+                    epoch,
+                    best_epoch,
+                )
                 break
             if val_loss is None or val_loss < best_loss:
-                best_loss, best_epoch, best_state, stale = (val_loss if val_loss is not None else math.inf,
-                                                            epoch, snapshot(), 0)
+                best_loss, best_epoch, best_state, stale = (
+                    val_loss if val_loss is not None else math.inf,
+                    epoch,
+                    snapshot(),
+                    0,
+                )
             else:
                 stale += 1
                 if stale >= params.patience and epoch < params.epochs:
                     stopped_early = True
-                    log.info("validation loss has not improved for %d epochs: stopping after epoch %d, keeping %d",
-                             stale, epoch, best_epoch)
+                    log.info(
+                        "validation loss has not improved for %d epochs: stopping after epoch %d, keeping %d",
+                        stale,
+                        epoch,
+                        best_epoch,
+                    )
                     break
     top.load_state_dict(best_state["top"])
     classifier.load_state_dict(best_state["classifier"])

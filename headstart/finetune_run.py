@@ -52,25 +52,35 @@ def check_fine_tune(config: RetrainConfig, backbone: Backbone) -> int | str:
         return ALL
     stages = count_stages(backbone)
     if stages is None:
-        raise UsageError(f"--fine_tune_blocks {blocks}: the blocks of backbone {backbone.name} cannot be cut",
-                         hint="use --fine_tune_blocks 0 (head only) or all (the whole network), or an "
-                              "EfficientNet/MobileNet backbone such as efficientnet_lite0")
+        raise UsageError(
+            f"--fine_tune_blocks {blocks}: the blocks of backbone {backbone.name} cannot be cut",
+            hint="use --fine_tune_blocks 0 (head only) or all (the whole network), or an "
+            "EfficientNet/MobileNet backbone such as efficientnet_lite0",
+        )
     if not 1 <= int(blocks) <= stages:
-        raise UsageError(f"--fine_tune_blocks {blocks} is beyond the depth of {backbone.name}, "
-                         f"which has {stages} stages", hint=f"use 0 (head only), 1-{stages}, or all")
+        raise UsageError(
+            f"--fine_tune_blocks {blocks} is beyond the depth of {backbone.name}, which has {stages} stages",
+            hint=f"use 0 (head only), 1-{stages}, or all",
+        )
     for name in ("random_crop", "random_scale", "random_brightness"):
         if getattr(config, name):
-            raise UsageError(f"--{name} needs the images, but --fine_tune_blocks {blocks} trains from cached maps",
-                             hint="drop it (--flip_left_right works on the maps), or use --fine_tune_blocks all")
+            raise UsageError(
+                f"--{name} needs the images, but --fine_tune_blocks {blocks} trains from cached maps",
+                hint="drop it (--flip_left_right works on the maps), or use --fine_tune_blocks all",
+            )
     return int(blocks)
 
 
 def _params(config: RetrainConfig) -> Any:
     from .finetune import FineTuneParams
 
-    return FineTuneParams(epochs=config.fine_tune_epochs, learning_rate=config.fine_tune_learning_rate,
-                          label_smoothing=config.fine_tune_label_smoothing, flip=config.flip_left_right,
-                          seed=config.seed)
+    return FineTuneParams(
+        epochs=config.fine_tune_epochs,
+        learning_rate=config.fine_tune_learning_rate,
+        label_smoothing=config.fine_tune_label_smoothing,
+        flip=config.flip_left_right,
+        seed=config.seed,
+    )
 
 
 def _ids(records: Sequence[ImageRecord], label_ids: dict[str, int]) -> np.ndarray:
@@ -90,8 +100,10 @@ def _strict(config: RetrainConfig, skipped: Sequence[SkippedImage]) -> None:
         for item in skipped:
             log.warning("cannot use %s: %s", item.path, item.reason)
         first = skipped[0]
-        raise DataError(f"--strict: {len(skipped)} image(s) could not be used, e.g. {first.path}: {first.reason}",
-                        hint="fix or remove the files listed above, or drop --strict to skip them")
+        raise DataError(
+            f"--strict: {len(skipped)} image(s) could not be used, e.g. {first.path}: {first.reason}",
+            hint="fix or remove the files listed above, or drop --strict to skip them",
+        )
 
 
 def tuned_weights(net: Any, backbone: Backbone, blocks: int | str) -> bytes:
@@ -100,8 +112,12 @@ def tuned_weights(net: Any, backbone: Backbone, blocks: int | str) -> bytes:
 
     state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
     # One metadata key: safetensors writes several in a random order, and the file's sha256 is the fingerprint.
-    about = {"format": "headstart-backbone", "timm_name": backbone.timm_name, "fine_tune_blocks": blocks,
-             "base_weights_fingerprint": backbone.weights_fingerprint}
+    about = {
+        "format": "headstart-backbone",
+        "timm_name": backbone.timm_name,
+        "fine_tune_blocks": blocks,
+        "base_weights_fingerprint": backbone.weights_fingerprint,
+    }
     return save(state, metadata={"headstart": json.dumps(about, sort_keys=True)})
 
 
@@ -126,8 +142,9 @@ def fine_tune_retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None
             sources, counts, choice, initial, skipped, top, extra = _whole_network(config, backbone, index, device)
         else:
             cache = stack.enter_context(MapCache(config.bottleneck_dir))
-            sources, counts, choice, initial, skipped, top, extra = _from_maps(config, backbone, index, blocks, cache,
-                                                                                    device)
+            sources, counts, choice, initial, skipped, top, extra = _from_maps(
+                config, backbone, index, blocks, cache, device
+            )
         _strict(config, skipped)
         splits = _check_splits(index.labels, [r for s in sources.values() for r in s.records])
         y = {split: _ids(splits[split], label_ids) for split in splits}
@@ -137,41 +154,93 @@ def fine_tune_retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None
         train_start = time.perf_counter()
         x_train0, x_val0 = initial("training"), initial("validation")
         head0 = build_head(config, len(index.labels), len(y["training"]))
-        head0.fit(x_train0, y["training"], x_val0 if len(y["validation"]) else None,
-                  y["validation"] if len(y["validation"]) else None, callback=on_step)
+        head0.fit(
+            x_train0,
+            y["training"],
+            x_val0 if len(y["validation"]) else None,
+            y["validation"] if len(y["validation"]) else None,
+            callback=on_step,
+        )
         head_s = time.perf_counter() - train_start
         start_tensors, head_config = head0.to_state()
         classifier = create_classifier(fold_head(start_tensors))
-        outcome = train(top, classifier, sources["training"], y["training"], sources["validation"],
-                        y["validation"], params, device=device, progress=config.progress)
-        features = {split: pooled_features(top, sources[split], device, progress=config.progress,
-                                           desc=f"Tuned {split}") for split in splits}
+        outcome = train(
+            top,
+            classifier,
+            sources["training"],
+            y["training"],
+            sources["validation"],
+            y["validation"],
+            params,
+            device=device,
+            progress=config.progress,
+        )
+        features = {
+            split: pooled_features(top, sources[split], device, progress=config.progress, desc=f"Tuned {split}")
+            for split in splits
+        }
     train_s = time.perf_counter() - train_start
 
     from .finetune import classifier_tensors
 
-    head = SoftmaxHead.from_state(classifier_tensors(classifier.cpu()),
-                                  {**head_config, "standardize": False, "n_steps_run": int(head0.n_steps_run_)})
+    head = SoftmaxHead.from_state(
+        classifier_tensors(classifier.cpu()),
+        {**head_config, "standardize": False, "n_steps_run": int(head0.n_steps_run_)},
+    )
     weights = tuned_weights(top.net, backbone, blocks)
-    record = BackboneRecord.from_dict({**backbone.describe(), "weights": BACKBONE_NAME,
-                                       "weights_fingerprint": hashlib.sha256(weights).hexdigest(),
-                                       "runtime": choice.runtime if choice else None,
-                                       "precision": choice.precision if choice else None,
-                                       "fine_tune_blocks": blocks,
-                                       "base_weights_fingerprint": backbone.weights_fingerprint})
-    fine_tune = {"blocks": blocks, "epochs": params.epochs, "epochs_run": len(outcome.history) - 1
-                 if outcome.history and outcome.history[0].epoch == 0 else len(outcome.history),
-                 "best_epoch": outcome.best_epoch, "stopped_early": outcome.stopped_early,
-                 "mixed_precision": outcome.mixed_precision, "seconds": round(outcome.seconds, 3),
-                 "learning_rate": params.learning_rate, "block_learning_rate": params.learning_rate *
-                 params.block_lr_ratio, "label_smoothing": params.label_smoothing, "flip": params.flip,
-                 "history": [asdict(row) for row in outcome.history],
-                 # Plain cross entropy on the training images, of the starting head and of the tuned model.
-                 "training_loss_start": _cross_entropy(head0.logits(x_train0), y["training"]),
-                 "training_loss_end": _cross_entropy(head.logits(features["training"]), y["training"]), **extra}
-    return finish_run(config, index, backbone, record, head, head0, splits, y, features, skipped, counts,
-                      {"bottlenecks_s": round(maps_s, 3), "head_s": round(head_s, 3), "train_s": round(train_s, 3),
-                       "fine_tune_s": round(outcome.seconds, 3)}, start, fine_tune, {BACKBONE_NAME: weights})
+    record = BackboneRecord.from_dict(
+        {
+            **backbone.describe(),
+            "weights": BACKBONE_NAME,
+            "weights_fingerprint": hashlib.sha256(weights).hexdigest(),
+            "runtime": choice.runtime if choice else None,
+            "precision": choice.precision if choice else None,
+            "fine_tune_blocks": blocks,
+            "base_weights_fingerprint": backbone.weights_fingerprint,
+        }
+    )
+    fine_tune = {
+        "blocks": blocks,
+        "epochs": params.epochs,
+        "epochs_run": len(outcome.history) - 1
+        if outcome.history and outcome.history[0].epoch == 0
+        else len(outcome.history),
+        "best_epoch": outcome.best_epoch,
+        "stopped_early": outcome.stopped_early,
+        "mixed_precision": outcome.mixed_precision,
+        "seconds": round(outcome.seconds, 3),
+        "learning_rate": params.learning_rate,
+        "block_learning_rate": params.learning_rate * params.block_lr_ratio,
+        "label_smoothing": params.label_smoothing,
+        "flip": params.flip,
+        "history": [asdict(row) for row in outcome.history],
+        # Plain cross entropy on the training images, of the starting head and of the tuned model.
+        "training_loss_start": _cross_entropy(head0.logits(x_train0), y["training"]),
+        "training_loss_end": _cross_entropy(head.logits(features["training"]), y["training"]),
+        **extra,
+    }
+    return finish_run(
+        config,
+        index,
+        backbone,
+        record,
+        head,
+        head0,
+        splits,
+        y,
+        features,
+        skipped,
+        counts,
+        {
+            "bottlenecks_s": round(maps_s, 3),
+            "head_s": round(head_s, 3),
+            "train_s": round(train_s, 3),
+            "fine_tune_s": round(outcome.seconds, 3),
+        },
+        start,
+        fine_tune,
+        {BACKBONE_NAME: weights},
+    )
 
 
 def _cross_entropy(logits: np.ndarray, y: np.ndarray) -> float | None:
@@ -190,17 +259,31 @@ def _cuda() -> bool:
     return cuda_available()
 
 
-def _from_maps(config: RetrainConfig, backbone: Backbone, index: ImageIndex, blocks: int, cache: MapCache,
-               device: Any) -> tuple:
+def _from_maps(
+    config: RetrainConfig, backbone: Backbone, index: ImageIndex, blocks: int, cache: MapCache, device: Any
+) -> tuple:
     """The cached maps at the cut, their sources per split, and the pretrained top's bottlenecks for the first head."""
     from .finetune import MapSource, pooled_features
     from .map_cache import compute_maps
     from .networks import split_backbone
 
-    maps = compute_maps(index.records, backbone, blocks, cache, runtime=config.runtime, precision=config.precision,
-                        batch_size=config.extraction_batch_size, workers=config.workers, progress=config.progress)
-    sources = {split: MapSource(cache, maps, maps.select(split), flip=(split == "training" and config.flip_left_right),
-                                seed=config.seed) for split in ("training", "validation", "testing")}
+    maps = compute_maps(
+        index.records,
+        backbone,
+        blocks,
+        cache,
+        runtime=config.runtime,
+        precision=config.precision,
+        batch_size=config.extraction_batch_size,
+        workers=config.workers,
+        progress=config.progress,
+    )
+    sources = {
+        split: MapSource(
+            cache, maps, maps.select(split), flip=(split == "training" and config.flip_left_right), seed=config.seed
+        )
+        for split in ("training", "validation", "testing")
+    }
     _, top = split_backbone(backbone, blocks)
     top.to(device)
 
@@ -208,8 +291,11 @@ def _from_maps(config: RetrainConfig, backbone: Backbone, index: ImageIndex, blo
         # The pretrained top on the cached maps: the bottlenecks the starting head learns from.
         return pooled_features(top, sources[split], device, progress=config.progress, desc=f"Pooled {split}")
 
-    extra = {"map_shape": list(maps.shape), "bytes_per_image": maps.bytes_per_image,
-             "maps": {"computed": maps.computed, "cached": maps.cached, "runtime": maps.runtime.key}}
+    extra = {
+        "map_shape": list(maps.shape),
+        "bytes_per_image": maps.bytes_per_image,
+        "maps": {"computed": maps.computed, "cached": maps.cached, "runtime": maps.runtime.key},
+    }
     counts = {"computed": maps.computed, "cached": maps.cached}
     return sources, counts, maps.runtime, initial, tuple(index.skipped) + maps.skipped, top, extra
 
@@ -224,9 +310,15 @@ def _whole_network(config: RetrainConfig, backbone: Backbone, index: ImageIndex,
     with BottleneckCache(config.bottleneck_dir) as cache:
         bottlenecks = compute_bottlenecks(index.records, backbone, cache, **config.extraction_params())
     distortion = config.distortion() if config.distortion().active else DEFAULT_ALL_DISTORTION
-    sources = {split: ImageSource(bottlenecks.select(split)[0], backbone.preprocessing,
-                                  distortion if split == "training" else None, config.workers)
-               for split in ("training", "validation", "testing")}
+    sources = {
+        split: ImageSource(
+            bottlenecks.select(split)[0],
+            backbone.preprocessing,
+            distortion if split == "training" else None,
+            config.workers,
+        )
+        for split in ("training", "validation", "testing")
+    }
     _, top = create_trainable_network(backbone)
 
     def initial(split: str) -> np.ndarray:
@@ -237,11 +329,23 @@ def _whole_network(config: RetrainConfig, backbone: Backbone, index: ImageIndex,
     return sources, counts, bottlenecks.runtime, initial, tuple(index.skipped) + bottlenecks.skipped, top, extra
 
 
-def finish_run(config: RetrainConfig, index: ImageIndex, backbone: Backbone, record: BackboneRecord,
-               head: SoftmaxHead, head0: SoftmaxHead, splits: dict[str, tuple[ImageRecord, ...]],
-               y: dict[str, np.ndarray], features: dict[str, np.ndarray], skipped: Sequence[SkippedImage],
-               counts: dict[str, int], timing: dict[str, float], start: float, fine_tune: dict[str, Any],
-               extra_files: dict[str, bytes]) -> Any:
+def finish_run(
+    config: RetrainConfig,
+    index: ImageIndex,
+    backbone: Backbone,
+    record: BackboneRecord,
+    head: SoftmaxHead,
+    head0: SoftmaxHead,
+    splits: dict[str, tuple[ImageRecord, ...]],
+    y: dict[str, np.ndarray],
+    features: dict[str, np.ndarray],
+    skipped: Sequence[SkippedImage],
+    counts: dict[str, int],
+    timing: dict[str, float],
+    start: float,
+    fine_tune: dict[str, Any],
+    extra_files: dict[str, bytes],
+) -> Any:
     """Calibrate, evaluate and save, as :func:`headstart.train.retrain` does for a head-only run."""
     from .calibrate import calibrate_head, calibration_report
     from .metrics import evaluate as evaluate_predictions
@@ -253,8 +357,9 @@ def finish_run(config: RetrainConfig, index: ImageIndex, backbone: Backbone, rec
     x = {s: features[s][keep[s]] for s in splits}
     yk = {s: y[s][keep[s]] for s in splits}
     rec = {s: tuple(r for r, k in zip(splits[s], keep[s]) if k) for s in splits}
-    novelty = calibrate_head(head, x["training"], yk["training"], x["validation"], yk["validation"],
-                             config.unknown_accept)
+    novelty = calibrate_head(
+        head, x["training"], yk["training"], x["validation"], yk["validation"], config.unknown_accept
+    )
     chosen = _sample_test(len(yk["testing"]), config.test_batch_size, config.seed)
     test_records = tuple(rec["testing"][i] for i in chosen)
     proba = head.predict_proba(x["testing"][chosen])
@@ -264,19 +369,28 @@ def finish_run(config: RetrainConfig, index: ImageIndex, backbone: Backbone, rec
     metrics: dict[str, Any] = {
         "test": test.to_dict(),
         "validation": {"accuracy": val_acc, "n": int(len(yk["validation"]))},
-        "training": {"n": int(len(yk["training"])), "final": asdict(head0.history_[-1]) if head0.history_ else None,
-                     "diverged": bool(head0.diverged_), "steps_run": int(head0.n_steps_run_)},
+        "training": {
+            "n": int(len(yk["training"])),
+            "final": asdict(head0.history_[-1]) if head0.history_ else None,
+            "diverged": bool(head0.diverged_),
+            "steps_run": int(head0.n_steps_run_),
+        },
         "timing": timing,
         "bottlenecks": {**counts, "skipped": len(skipped)},
         "skipped": [{"path": _relative(item.path, index.root), "reason": item.reason} for item in skipped],
         "fine_tune": fine_tune,
-        "misclassified": [{"path": m.relpath, "label": m.true_label, "predicted": m.predicted_label,
-                           "score": round(m.score, 6)} for m in misclassified],
+        "misclassified": [
+            {"path": m.relpath, "label": m.true_label, "predicted": m.predicted_label, "score": round(m.score, 6)}
+            for m in misclassified
+        ],
         **calibration_report(head, novelty, x["testing"][chosen], yk["testing"][chosen]),
         "history": [asdict(step) for step in head0.history_],
         "splits": {s: int(len(yk[s])) for s in splits},
-        "data": {"image_dir": str(index.root), "testing_percentage": config.testing_percentage,
-                 "validation_percentage": config.validation_percentage},
+        "data": {
+            "image_dir": str(index.root),
+            "testing_percentage": config.testing_percentage,
+            "validation_percentage": config.validation_percentage,
+        },
     }
     tensors, head_config = head.to_state()
     novelty_tensors, head_config["novelty"] = novelty.to_state()
@@ -289,16 +403,40 @@ def finish_run(config: RetrainConfig, index: ImageIndex, backbone: Backbone, rec
     if config.write_report:
         from .report import render_run_report
 
-        extra["report.html"] = render_run_report(metrics=metrics, labels=index.labels, image_root=index.root,
-                                                 backbone=record.to_dict(), hyperparameters=config.hyperparameters())
-    save_bundle(run_dir, labels=index.labels, backbone=record, preprocessing=backbone.preprocessing,
-                head_tensors=tensors, head_config=head_config, hyperparameters=config.hyperparameters(),
-                metrics=metrics, extra_files=extra,
-                data=DataRecord(str(index.root), config.testing_percentage, config.validation_percentage),
-                output_labels=config.output_labels)
-    return RetrainResult(run_dir, index.labels, test, val_acc, int(len(yk["validation"])), timing,
-                         metrics["bottlenecks"], misclassified, tuple(head0.history_), tuple(skipped),
-                         bool(head0.diverged_), metrics)
+        extra["report.html"] = render_run_report(
+            metrics=metrics,
+            labels=index.labels,
+            image_root=index.root,
+            backbone=record.to_dict(),
+            hyperparameters=config.hyperparameters(),
+        )
+    save_bundle(
+        run_dir,
+        labels=index.labels,
+        backbone=record,
+        preprocessing=backbone.preprocessing,
+        head_tensors=tensors,
+        head_config=head_config,
+        hyperparameters=config.hyperparameters(),
+        metrics=metrics,
+        extra_files=extra,
+        data=DataRecord(str(index.root), config.testing_percentage, config.validation_percentage),
+        output_labels=config.output_labels,
+    )
+    return RetrainResult(
+        run_dir,
+        index.labels,
+        test,
+        val_acc,
+        int(len(yk["validation"])),
+        timing,
+        metrics["bottlenecks"],
+        misclassified,
+        tuple(head0.history_),
+        tuple(skipped),
+        bool(head0.diverged_),
+        metrics,
+    )
 
 
 __all__ = ["check_fine_tune", "fine_tune_retrain", "finish_run", "tuned_weights"]

@@ -94,12 +94,16 @@ def gpu_decode_problem(device: str = "cuda") -> str | None:
 def require_gpu_decode(runtime: str) -> None:
     """Raise a one-line :class:`UsageError` unless ``--decode gpu`` can run with ``runtime``."""
     if runtime != "cuda":
-        raise UsageError(f"--decode gpu needs the cuda runtime, not {runtime}",
-                         hint="use --runtime cuda, or --decode threads / processes")
+        raise UsageError(
+            f"--decode gpu needs the cuda runtime, not {runtime}",
+            hint="use --runtime cuda, or --decode threads / processes",
+        )
     problem = gpu_decode_problem("cuda")
     if problem is not None:
-        raise UsageError(f"--decode gpu is not available: {problem}",
-                         hint="install a CUDA build of torch and torchvision, or use --decode processes")
+        raise UsageError(
+            f"--decode gpu is not available: {problem}",
+            hint="install a CUDA build of torch and torchvision, or use --decode processes",
+        )
 
 
 def default_readers() -> int:
@@ -158,8 +162,15 @@ def _chunks(items: list[Any], pixels: Callable[[Any], int], budget: int) -> list
     return [c for c in out if c]
 
 
-def assemble_batch(items: Sequence[Item], prep: Preprocessing, rows: int, device: Any, *,
-                   max_pixels: int = DEFAULT_MAX_PIXELS, pool: ThreadPoolExecutor | None = None) -> DeviceBatch:
+def assemble_batch(
+    items: Sequence[Item],
+    prep: Preprocessing,
+    rows: int,
+    device: Any,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    pool: ThreadPoolExecutor | None = None,
+) -> DeviceBatch:
     """Decode what needs decoding, resize on ``device``, and stack a batch of
     ``rows`` in the order of ``items`` (skipped ones left out), padded with
     zeros: one input shape for the whole run keeps cuDNN's and torch.compile's
@@ -215,12 +226,22 @@ def assemble_batch(items: Sequence[Item], prep: Preprocessing, rows: int, device
         out.index_copy_(0, torch.tensor([row_of[p] for p in positions], device=device), images)
     routes = {route: sum(it.route == route for it in usable) for route in ("nvjpeg", "pixels")}
     routes.update(cpu=len(finished), skipped=len(items) - len(usable))
-    return DeviceBatch(out, tuple(it.position for it in usable),
-                       tuple((it.position, it.reason) for it in items if it.route == "skip"), routes)
+    return DeviceBatch(
+        out,
+        tuple(it.position for it in usable),
+        tuple((it.position, it.reason) for it in items if it.route == "skip"),
+        routes,
+    )
 
 
-def decode_files(paths: Sequence[str | Path], prep: Preprocessing, *, device: str = "cuda",
-                 max_pixels: int = DEFAULT_MAX_PIXELS, readers: int | None = None) -> DeviceBatch:
+def decode_files(
+    paths: Sequence[str | Path],
+    prep: Preprocessing,
+    *,
+    device: str = "cuda",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    readers: int | None = None,
+) -> DeviceBatch:
     """Decode ``paths`` as one batch (no padding) the way the GPU pipeline does;
     for tests and tools.  ``device="cpu"`` runs the same code on the CPU, with
     torchvision's libjpeg-turbo in place of nvJPEG."""
@@ -232,8 +253,9 @@ def decode_files(paths: Sequence[str | Path], prep: Preprocessing, *, device: st
     with ThreadPoolExecutor(readers or default_readers()) as pool:
         items = list(pool.map(lambda ip: read_item(Path(ip[1]), ip[0], prep, max_pixels, arena), enumerate(paths)))
         with torch.inference_mode():
-            batch = assemble_batch(items, prep, sum(it.route != "skip" for it in items), dev,
-                                   max_pixels=max_pixels, pool=pool)
+            batch = assemble_batch(
+                items, prep, sum(it.route != "skip" for it in items), dev, max_pixels=max_pixels, pool=pool
+            )
     return batch
 
 
@@ -253,8 +275,9 @@ class GpuPipelineStats:
     seconds: float
 
 
-def prepare_cuda_module(module: "torch.nn.Module", precision: str = "fp16", *,
-                        compile: bool = False) -> "torch.nn.Module":
+def prepare_cuda_module(
+    module: "torch.nn.Module", precision: str = "fp16", *, compile: bool = False
+) -> "torch.nn.Module":
     """A uint8-NHWC feature extractor placed as ``create_torch_runner`` places
     it: on the GPU, fp16 or fp32, channels-last, cuDNN autotuned."""
     import torch
@@ -292,10 +315,18 @@ def _get(q: "queue.Queue[Any]", stop: threading.Event | None) -> Any:
     return _DONE
 
 
-def run_gpu_pipeline(paths: Sequence[str | Path], prep: Preprocessing, module: Callable[[Any], Any],
-                     batch_size: int, on_batch: Callable[[list[int], np.ndarray], None],
-                     on_skip: Callable[[int, str], None], *, device: str = "cuda", readers: int | None = None,
-                     max_pixels: int = DEFAULT_MAX_PIXELS) -> GpuPipelineStats:
+def run_gpu_pipeline(
+    paths: Sequence[str | Path],
+    prep: Preprocessing,
+    module: Callable[[Any], Any],
+    batch_size: int,
+    on_batch: Callable[[list[int], np.ndarray], None],
+    on_skip: Callable[[int, str], None],
+    *,
+    device: str = "cuda",
+    readers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> GpuPipelineStats:
     """Bottleneck vectors for ``paths``, decoded on the device, in batches of ``batch_size``.
 
     Three stages overlap: reader threads fill page-locked buffers with the
@@ -342,7 +373,7 @@ def run_gpu_pipeline(paths: Sequence[str | Path], prep: Preprocessing, module: C
     def decode_stage() -> None:
         try:
             stream = torch.cuda.Stream(dev) if cuda else None
-            with torch.inference_mode(), (torch.cuda.stream(stream) if cuda else contextlib.nullcontext()):
+            with torch.inference_mode(), torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
                 while True:
                     got = _get(host_q, stop)
                     if got is _DONE or isinstance(got, _Failure):
@@ -360,8 +391,10 @@ def run_gpu_pipeline(paths: Sequence[str | Path], prep: Preprocessing, module: C
         except BaseException as exc:  # handed to the calling thread, which raises it
             _put(dev_q, _Failure(exc), stop)
 
-    threads = [threading.Thread(target=read_stage, name="headstart-gpu-read", daemon=True),
-               threading.Thread(target=decode_stage, name="headstart-gpu-decode", daemon=True)]
+    threads = [
+        threading.Thread(target=read_stage, name="headstart-gpu-read", daemon=True),
+        threading.Thread(target=decode_stage, name="headstart-gpu-decode", daemon=True),
+    ]
     for thread in threads:
         thread.start()
     net_stream = torch.cuda.Stream(dev) if cuda else None
@@ -420,6 +453,12 @@ def run_gpu_pipeline(paths: Sequence[str | Path], prep: Preprocessing, module: C
             thread.join(timeout=30)
         pool.shutdown(wait=True, cancel_futures=True)
     images = counts["nvjpeg"] + counts["pixels"] + counts["cpu"]
-    return GpuPipelineStats(images, counts["nvjpeg"], counts["pixels"], counts["cpu"], counts["skipped"],
-                            counts["batches"], time.perf_counter() - start)
-
+    return GpuPipelineStats(
+        images,
+        counts["nvjpeg"],
+        counts["pixels"],
+        counts["cpu"],
+        counts["skipped"],
+        counts["batches"],
+        time.perf_counter() - start,
+    )

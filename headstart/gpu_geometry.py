@@ -77,8 +77,9 @@ def draft_factor(width: int, height: int, target: int) -> int:
     return next((s for s in (8, 4, 2) if scale >= s), 1)
 
 
-def plan_geometry(width: int, height: int, prep: Preprocessing, *, orientation: int = 1,
-                  jpeg: bool = False) -> Geometry:
+def plan_geometry(
+    width: int, height: int, prep: Preprocessing, *, orientation: int = 1, jpeg: bool = False
+) -> Geometry:
     """The steps :func:`headstart.data.load_image` takes for a stored image of
     ``width`` x ``height`` (``jpeg``: one libjpeg may decode at a reduced scale)."""
     draft = draft_factor(width, height, prep.resize_size) if jpeg else 1
@@ -100,8 +101,9 @@ def plan_geometry(width: int, height: int, prep: Preprocessing, *, orientation: 
         method = "area"
     else:
         method = "supersample"
-    return Geometry((width, height), draft, orientation, (w, h), (new_w, new_h), (left, top), method, box, size,
-                    prep.interpolation)
+    return Geometry(
+        (width, height), draft, orientation, (w, h), (new_w, new_h), (left, top), method, box, size, prep.interpolation
+    )
 
 
 # ----------------------------------------------------------------------------- resampling matrices
@@ -177,8 +179,9 @@ def _round_half_up(x: "torch.Tensor") -> "torch.Tensor":
     return (x + 0.5).floor_().clamp_(0.0, 255.0)
 
 
-def _pillow(x: "torch.Tensor", size: tuple[int, int], box: tuple[float, float, float, float] | None,
-            interpolation: str) -> "torch.Tensor":
+def _pillow(
+    x: "torch.Tensor", size: tuple[int, int], box: tuple[float, float, float, float] | None, interpolation: str
+) -> "torch.Tensor":
     """Pillow's ``Image.resize(size, filter, box)`` on [k, 3, H, W] float pixels."""
     in_h, in_w = x.shape[-2:]
     out_w, out_h = size
@@ -230,8 +233,9 @@ def _supersample(x: "torch.Tensor", size: tuple[int, int], interpolation: str) -
     import torch
 
     out_w, out_h = size
-    doubled = torch.nn.functional.interpolate(x, size=(2 * out_h, 2 * out_w), mode=_TORCH_MODE[interpolation],
-                                              align_corners=False)
+    doubled = torch.nn.functional.interpolate(
+        x, size=(2 * out_h, 2 * out_w), mode=_TORCH_MODE[interpolation], align_corners=False
+    )
     return _round_half_up(torch.nn.functional.avg_pool2d(_round_half_up(doubled), 2))
 
 

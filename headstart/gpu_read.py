@@ -28,7 +28,6 @@ _EOI_TAIL = 4096  # a JPEG whose end marker is not within this many bytes of its
 LANE_MAX_PIXELS = 16_000_000  # PNGs decoded by the readers and resized on the device, up to this size
 
 
-
 @dataclass(frozen=True)
 class JpegHeader:
     """What the markers before the first scan say.  ``orientation`` is ``None``
@@ -98,9 +97,16 @@ def read_jpeg_header(data: bytes | memoryview | np.ndarray) -> JpegHeader | None
             found = None if len(exif) > 1 else _exif_orientation(exif[0]) if exif else 0
             orientation = None if found is None or (found == 0 and xmp) else found or 1
             tail = bytes(mv[max(0, n - _EOI_TAIL) :])
-            return JpegHeader(width=(body[3] << 8) | body[4], height=(body[1] << 8) | body[2],
-                              components=body[5], precision=body[0], sof=marker, adobe=adobe,
-                              orientation=orientation, complete=b"\xff\xd9" in tail)
+            return JpegHeader(
+                width=(body[3] << 8) | body[4],
+                height=(body[1] << 8) | body[2],
+                components=body[5],
+                precision=body[0],
+                sof=marker,
+                adobe=adobe,
+                orientation=orientation,
+                complete=b"\xff\xd9" in tail,
+            )
         elif marker == 0xDA:  # a scan before any frame header
             return None
         i += 2 + length
@@ -109,9 +115,15 @@ def read_jpeg_header(data: bytes | memoryview | np.ndarray) -> JpegHeader | None
 
 def nvjpeg_can_decode(header: JpegHeader, max_pixels: int = DEFAULT_MAX_PIXELS) -> bool:
     """Whether a JPEG goes to nvJPEG (else: the CPU decoder, which knows what to do with it)."""
-    return (header.sof in _SOF_GPU and header.precision == 8 and header.components == 3 and not header.adobe
-            and header.orientation is not None and header.complete
-            and 0 < header.width * header.height <= max_pixels)
+    return (
+        header.sof in _SOF_GPU
+        and header.precision == 8
+        and header.components == 3
+        and not header.adobe
+        and header.orientation is not None
+        and header.complete
+        and 0 < header.width * header.height <= max_pixels
+    )
 
 
 # ----------------------------------------------------------------------------- reading

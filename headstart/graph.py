@@ -38,8 +38,9 @@ class NoveltyModule(torch.nn.Module):
 class ClassifierModule(torch.nn.Module):
     """uint8 ``[N, H, W, 3]`` -> ``probabilities [N, classes]`` (, ``ood_score [N]``)."""
 
-    def __init__(self, extractor: torch.nn.Module, layers: list[tuple[np.ndarray, np.ndarray]],
-                 novelty: NoveltyScore | None) -> None:
+    def __init__(
+        self, extractor: torch.nn.Module, layers: list[tuple[np.ndarray, np.ndarray]], novelty: NoveltyScore | None
+    ) -> None:
         super().__init__()
         self.extractor = extractor
         modules: list[torch.nn.Module] = []
@@ -63,8 +64,9 @@ class ClassifierModule(torch.nn.Module):
         return proba, self.novelty(features, proba)
 
 
-def create_classifier_module(backbone: Backbone, layers: list[tuple[np.ndarray, np.ndarray]],
-                             novelty: NoveltyScore | None = None) -> torch.nn.Module:
+def create_classifier_module(
+    backbone: Backbone, layers: list[tuple[np.ndarray, np.ndarray]], novelty: NoveltyScore | None = None
+) -> torch.nn.Module:
     if backbone.name.startswith("tfhub:"):  # a SavedModel has no torch form: headstart.tfhub_export
         from .tfhub_export import create_tfhub_classifier
 

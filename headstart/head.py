@@ -349,8 +349,9 @@ class SoftmaxHead:
             return weights, history, False, steps, steps - 1
 
         row = evaluate(good, Xb, yb, step)
-        row = TrainStep(step, row.train_accuracy, math.nan, row.validation_accuracy, row.validation_cross_entropy,
-                        steps)
+        row = TrainStep(
+            step, row.train_accuracy, math.nan, row.validation_accuracy, row.validation_cross_entropy, steps
+        )
         history.append(row)
         if callback is not None:
             callback(row)

@@ -84,8 +84,14 @@ def _accuracy_and_cross_entropy(w: Weights, X: np.ndarray, y: np.ndarray) -> tup
     return accuracy, 0.0 if cross_entropy <= 0 else cross_entropy
 
 
-def _loss_and_grads(w: Weights, X: np.ndarray, y: np.ndarray, weight_decay: float = 0.0,
-                    keep: np.ndarray | None = None, label_smoothing: float = 0.0) -> tuple[float, Weights]:
+def _loss_and_grads(
+    w: Weights,
+    X: np.ndarray,
+    y: np.ndarray,
+    weight_decay: float = 0.0,
+    keep: np.ndarray | None = None,
+    label_smoothing: float = 0.0,
+) -> tuple[float, Weights]:
     """Mean softmax cross-entropy of a batch and the gradients of the training objective.
 
     The objective is ``cross_entropy + weight_decay / 2 * sum(||W||²)`` over weight
@@ -158,7 +164,7 @@ class _Optimizer:
                 new[k] = w - lr * m
             return new
         # Adam, TF form: lr_t = lr * sqrt(1 - b2^t) / (1 - b1^t); w -= lr_t * m / (sqrt(v) + eps)
-        lr_t = lr * math.sqrt(1.0 - _ADAM_BETA2 ** self.t) / (1.0 - _ADAM_BETA1 ** self.t)
+        lr_t = lr * math.sqrt(1.0 - _ADAM_BETA2**self.t) / (1.0 - _ADAM_BETA1**self.t)
         new = {}
         for k, w in weights.items():
             g, m, v = grads[k], self.m[k], self.v[k]
@@ -233,8 +239,7 @@ def _as_features(X: Any, name: str, n_features: int | None = None) -> np.ndarray
     arr = np.asarray(X)
     if arr.ndim != 2:
         raise ValueError(f"{name} must be a 2-D array [n_samples, n_features], got shape {arr.shape}")
-    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating)
-                                     or np.issubdtype(arr.dtype, np.integer)):
+    if arr.dtype == np.bool_ or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
         raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     if n_features is not None and arr.shape[1] != n_features:
         raise ValueError(f"{name} has {arr.shape[1]} features, the head expects {n_features}")

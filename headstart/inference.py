@@ -31,20 +31,38 @@ class LabelResult:
     skipped: tuple[SkippedImage, ...]
 
 
-def label(model: str | Path, inputs: Sequence[str | Path], *, top_k: int = 5, bottleneck_dir: str | Path | None = None,
-          runtime: str = "auto", precision: str = "auto", weights: str | Path | None = None,
-          use_cache: bool = False, progress: bool = True) -> LabelResult:
+def label(
+    model: str | Path,
+    inputs: Sequence[str | Path],
+    *,
+    top_k: int = 5,
+    bottleneck_dir: str | Path | None = None,
+    runtime: str = "auto",
+    precision: str = "auto",
+    weights: str | Path | None = None,
+    use_cache: bool = False,
+    progress: bool = True,
+) -> LabelResult:
     """Top-k labels for each image with a retrained model (a run directory or an exported .onnx/.xml file)."""
     paths = find_images(inputs)
-    with load_model(model, runtime=runtime, precision=precision, weights=weights, bottleneck_dir=bottleneck_dir,
-                    use_cache=use_cache) as classifier:
+    with load_model(
+        model, runtime=runtime, precision=precision, weights=weights, bottleneck_dir=bottleneck_dir, use_cache=use_cache
+    ) as classifier:
         predictions, skipped = classifier.predict_files(paths, top_k=top_k, progress=progress)
     return LabelResult(tuple(predictions), tuple(skipped))
 
 
-def label_imagenet(inputs: Sequence[str | Path], *, backbone: str = DEFAULT_BACKBONE, top_k: int = 5,
-                   weights: str | Path | None = None, runtime: str = "auto", precision: str = "auto",
-                   bottleneck_dir: str | Path | None = None, progress: bool = True) -> LabelResult:
+def label_imagenet(
+    inputs: Sequence[str | Path],
+    *,
+    backbone: str = DEFAULT_BACKBONE,
+    top_k: int = 5,
+    weights: str | Path | None = None,
+    runtime: str = "auto",
+    precision: str = "auto",
+    bottleneck_dir: str | Path | None = None,
+    progress: bool = True,
+) -> LabelResult:
     """Top-k ImageNet classes from the backbone's own classifier (the TF Hub tutorial's first step)."""
     from .backbones import resolve_backbone
     from .cache import models_dir
@@ -72,7 +90,6 @@ def label_imagenet(inputs: Sequence[str | Path], *, backbone: str = DEFAULT_BACK
     return LabelResult(tuple(found[p] for p in sorted(found)), tuple(skipped))
 
 
-
 @dataclass(frozen=True)
 class UnknownShare:
     """How often the model answered "unknown": on labelled images (should be rare) or on novel ones."""
@@ -90,8 +107,13 @@ class UnknownShare:
         return 1.0 - self.rejected
 
     def to_dict(self) -> dict[str, float | int | None]:
-        return {"n": self.n, "unknown": self.unknown, "accepted": round(self.accepted, 6),
-                "rejected": round(self.rejected, 6), "threshold": self.threshold}
+        return {
+            "n": self.n,
+            "unknown": self.unknown,
+            "accepted": round(self.accepted, 6),
+            "rejected": round(self.rejected, 6),
+            "threshold": self.threshold,
+        }
 
 
 @dataclass(frozen=True)
@@ -114,14 +136,17 @@ def _share(classifier: Classifier, ood: np.ndarray | None) -> UnknownShare | Non
     return UnknownShare(int(len(flags)), int(flags.sum()), classifier.threshold)
 
 
-def fill_on_ray(classifier: Classifier, records: Sequence[ImageRecord], bottleneck_dir: str | Path | None,
-                ray: Any, progress: bool) -> None:
+def fill_on_ray(
+    classifier: Classifier, records: Sequence[ImageRecord], bottleneck_dir: str | Path | None, ray: Any, progress: bool
+) -> None:
     """Compute the missing bottlenecks on a Ray cluster first (``--ray``); the model then finds them cached."""
     from .run_model import RunClassifier
 
     if not isinstance(classifier, RunClassifier):
-        raise UsageError("--ray needs a run directory: an exported model file runs on this machine only",
-                         hint="pass the run directory written by 'headstart retrain' as --model")
+        raise UsageError(
+            "--ray needs a run directory: an exported model file runs on this machine only",
+            hint="pass the run directory written by 'headstart retrain' as --model",
+        )
     from .cache import BottleneckCache
     from .distributed import fill_cache_on_ray
 
@@ -142,16 +167,25 @@ def _hashed_records(paths: Sequence[Path]) -> list[ImageRecord]:
     return records
 
 
-def evaluate(model: str | Path, image_dir: str | Path, *, bottleneck_dir: str | Path | None = None,
-             runtime: str = "auto", precision: str = "auto", weights: str | Path | None = None,
-             progress: bool = True, ray: Any = None) -> EvaluateResult:
+def evaluate(
+    model: str | Path,
+    image_dir: str | Path,
+    *,
+    bottleneck_dir: str | Path | None = None,
+    runtime: str = "auto",
+    precision: str = "auto",
+    weights: str | Path | None = None,
+    progress: bool = True,
+    ray: Any = None,
+) -> EvaluateResult:
     """The test metrics of a saved model on another labelled folder (folders matched to labels by name).
 
     ``ray`` (a :class:`headstart.ray_cluster.RaySettings`) computes the bottlenecks on a Ray cluster.
     """
     check_existing_dir(image_dir, "--image_dir")
-    with load_model(model, runtime=runtime, precision=precision, weights=weights, bottleneck_dir=bottleneck_dir,
-                    use_cache=True) as classifier:
+    with load_model(
+        model, runtime=runtime, precision=precision, weights=weights, bottleneck_dir=bottleneck_dir, use_cache=True
+    ) as classifier:
         labels = classifier.labels
         index = index_image_dir(image_dir, 0, 100, labels=labels, require_training=False)
         if ray is not None:
@@ -164,23 +198,43 @@ def evaluate(model: str | Path, image_dir: str | Path, *, bottleneck_dir: str | 
     return EvaluateResult(result, wrong, tuple(index.skipped) + tuple(failed), unknown)
 
 
-def evaluate_unknown(model: str | Path, unknown_dir: str | Path, *, bottleneck_dir: str | Path | None = None,
-                     runtime: str = "auto", precision: str = "auto", weights: str | Path | None = None,
-                     progress: bool = True, ray: Any = None) -> tuple[UnknownShare, tuple[SkippedImage, ...]]:
+def evaluate_unknown(
+    model: str | Path,
+    unknown_dir: str | Path,
+    *,
+    bottleneck_dir: str | Path | None = None,
+    runtime: str = "auto",
+    precision: str = "auto",
+    weights: str | Path | None = None,
+    progress: bool = True,
+    ray: Any = None,
+) -> tuple[UnknownShare, tuple[SkippedImage, ...]]:
     """How many images of none of the model's classes (any folder of images) it rejects as "unknown"."""
     check_existing_dir(unknown_dir, "--unknown_dir")
     paths = find_images([unknown_dir])
-    with load_model(model, runtime=runtime, precision=precision, weights=weights, bottleneck_dir=bottleneck_dir,
-                    use_cache=True) as classifier:
+    with load_model(
+        model, runtime=runtime, precision=precision, weights=weights, bottleneck_dir=bottleneck_dir, use_cache=True
+    ) as classifier:
         if ray is not None:
             fill_on_ray(classifier, _hashed_records(paths), bottleneck_dir, ray, progress)
         predictions, skipped = classifier.predict_files(paths, top_k=1, progress=progress)
         if not classifier.has_novelty:
-            raise ModelError(f"{model} has no novelty score, so it never answers 'unknown'",
-                             hint="retrain it with this version of headstart")
+            raise ModelError(
+                f"{model} has no novelty score, so it never answers 'unknown'",
+                hint="retrain it with this version of headstart",
+            )
         share = UnknownShare(len(predictions), sum(p.unknown for p in predictions), classifier.threshold)
     return share, tuple(skipped)
 
 
-__all__ = ["EvaluateResult", "LabelResult", "Misclassified", "UnknownShare", "evaluate", "evaluate_unknown",
-           "find_misclassified", "label", "label_imagenet"]
+__all__ = [
+    "EvaluateResult",
+    "LabelResult",
+    "Misclassified",
+    "UnknownShare",
+    "evaluate",
+    "evaluate_unknown",
+    "find_misclassified",
+    "label",
+    "label_imagenet",
+]

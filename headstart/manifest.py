@@ -62,8 +62,14 @@ def _check_head_config(config: Any, n_labels: int, where: str) -> None:
         raise _fail(where, f"head_config.n_classes is {config['n_classes']} but there are {n_labels} labels")
     # Optional fields a head reads back: wrong JSON types must fail here, with the
     # file named, not deep inside the head as a TypeError.
-    optional: dict[str, tuple[type, ...]] = {"format_version": (int,), "hidden_units": (int,), "n_steps_run": (int,),
-                                             "standardize": (bool,), "diverged": (bool,), "params": (dict,)}
+    optional: dict[str, tuple[type, ...]] = {
+        "format_version": (int,),
+        "hidden_units": (int,),
+        "n_steps_run": (int,),
+        "standardize": (bool,),
+        "diverged": (bool,),
+        "params": (dict,),
+    }
     for key, kinds in optional.items():
         value = config.get(key)
         if key in config and (not isinstance(value, kinds) or (kinds == (int,) and (not _is_int(value) or value < 0))):
@@ -85,11 +91,17 @@ def _check_tensors(tensors: Mapping[str, np.ndarray], config: dict, where: str) 
             raise _fail(where, f"tensor {name!r} holds NaN or infinite values")
     shapes = {name: tuple(t.shape) for name, t in tensors.items()}
     if not any(n_classes in s for s in shapes.values()):
-        raise _fail(where, f"no tensor has a dimension of n_classes={n_classes} "
-                           f"(shapes: {shapes}); the head does not match the labels")
+        raise _fail(
+            where,
+            f"no tensor has a dimension of n_classes={n_classes} "
+            f"(shapes: {shapes}); the head does not match the labels",
+        )
     if not any(n_features in s for s in shapes.values()):
-        raise _fail(where, f"no tensor has a dimension of n_features={n_features} "
-                           f"(shapes: {shapes}); the head does not match the backbone")
+        raise _fail(
+            where,
+            f"no tensor has a dimension of n_features={n_features} "
+            f"(shapes: {shapes}); the head does not match the backbone",
+        )
 
 
 def _check_manifest(m: Any) -> None:
@@ -103,17 +115,29 @@ def _check_manifest(m: Any) -> None:
     if not _is_int(version):
         raise _fail(where, f"'format_version' must be an integer, got {_short(version)}")
     if version > FORMAT_VERSION or version < 1:
-        raise _fail(where, f"format_version {version} is not supported (this headstart reads "
-                           f"{FORMAT_VERSION})", hint="upgrade headstart, or retrain with this version")
-    required: dict[str, type] = {"created": str, "labels": list, "backbone": dict,
-                                 "preprocessing": dict, "head_config": dict,
-                                 "hyperparameters": dict, "versions": dict, "files": dict}
+        raise _fail(
+            where,
+            f"format_version {version} is not supported (this headstart reads {FORMAT_VERSION})",
+            hint="upgrade headstart, or retrain with this version",
+        )
+    required: dict[str, type] = {
+        "created": str,
+        "labels": list,
+        "backbone": dict,
+        "preprocessing": dict,
+        "head_config": dict,
+        "hyperparameters": dict,
+        "versions": dict,
+        "files": dict,
+    }
     for key, kind in required.items():
         if key not in m:
             raise _fail(where, f"required key {key!r} is missing")
         if not isinstance(m[key], kind):
-            raise _fail(where, f"{key!r} must be a JSON {'array' if kind is list else kind.__name__}, "
-                               f"got {type(m[key]).__name__}")
+            raise _fail(
+                where,
+                f"{key!r} must be a JSON {'array' if kind is list else kind.__name__}, got {type(m[key]).__name__}",
+            )
     labels = _check_labels(m["labels"], where)
     name = m["backbone"].get("name")
     if not isinstance(name, str) or not name:

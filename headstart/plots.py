@@ -111,15 +111,23 @@ def plot_confusion_matrix(matrix: Sequence[Sequence[int]], labels: Sequence[str]
         for i in range(n):
             for j in range(n):
                 if cm[i, j]:
-                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
-                            color="white" if share[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(int(cm[i, j])),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if share[i, j] > 0.5 else "black",
+                    )
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
     return _png(fig)
 
 
 @_quiet
-def plot_reliability(before: Sequence[Mapping[str, float]], after: Sequence[Mapping[str, float]],
-                     ece: tuple[float, float] | None = None) -> bytes | None:
+def plot_reliability(
+    before: Sequence[Mapping[str, float]], after: Sequence[Mapping[str, float]], ece: tuple[float, float] | None = None
+) -> bytes | None:
     """Reliability diagram: accuracy against confidence per bin, before and after temperature scaling."""
     if not before and not after:
         return None
@@ -128,10 +136,16 @@ def plot_reliability(before: Sequence[Mapping[str, float]], after: Sequence[Mapp
     ax.plot([0, 1], [0, 1], color="#999", lw=1, ls="--", label="perfectly calibrated")
     for rows, name, colour in ((before, "before", "#d62728"), (after, "after (temperature)", "#1f77b4")):
         if rows:
-            ax.plot([r["confidence"] for r in rows], [r["accuracy"] for r in rows], "o-", color=colour, ms=4,
-                    label=name)
-    ax.set(xlim=(0, 1.02), ylim=(0, 1.02), xlabel="confidence (top probability)", ylabel="accuracy",
-           title="Reliability (test set)" + (f": ECE {ece[0]:.3f} -> {ece[1]:.3f}" if ece else ""))
+            ax.plot(
+                [r["confidence"] for r in rows], [r["accuracy"] for r in rows], "o-", color=colour, ms=4, label=name
+            )
+    ax.set(
+        xlim=(0, 1.02),
+        ylim=(0, 1.02),
+        xlabel="confidence (top probability)",
+        ylabel="accuracy",
+        title="Reliability (test set)" + (f": ECE {ece[0]:.3f} -> {ece[1]:.3f}" if ece else ""),
+    )
     ax.legend(loc="lower right", fontsize=8)
     return _png(fig)
 
@@ -159,8 +173,10 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], swept: Sequence[str]) -> bytes
         group_key = others[0] if others else None
         groups = _axis_values(rows, group_key)[0] if group_key else [None]
         xs, numeric = _axis_values(rows, x_key)
-        for metric, ax, label in (("test_accuracy", axes[k][0], "test accuracy"),
-                                  ("train_s", axes[k][1], "training time (s)")):
+        for metric, ax, label in (
+            ("test_accuracy", axes[k][0], "test accuracy"),
+            ("train_s", axes[k][1], "training time (s)"),
+        ):
             for g in groups:
                 mean: dict[Any, list[float]] = {}
                 err: dict[Any, list[float]] = {}
@@ -182,11 +198,15 @@ def plot_sweep(rows: Sequence[Mapping[str, Any]], swept: Sequence[str]) -> bytes
                 ys = [float(np.mean(mean[x])) for x in pts]
                 name = f"{group_key}={g}" if group_key else None
                 if metric == "test_accuracy":
-                    ax.errorbar(pos, ys, yerr=[float(np.mean(err[x])) for x in pts], marker="o", capsize=3,
-                                label=name)
+                    ax.errorbar(pos, ys, yerr=[float(np.mean(err[x])) for x in pts], marker="o", capsize=3, label=name)
                     for x in crossed:
-                        ax.plot(x if numeric else xs.index(x), float(np.mean(mean[x])), "rx", markersize=12,
-                                label="diverged" if x == crossed[0] and g == groups[0] else None)
+                        ax.plot(
+                            x if numeric else xs.index(x),
+                            float(np.mean(mean[x])),
+                            "rx",
+                            markersize=12,
+                            label="diverged" if x == crossed[0] and g == groups[0] else None,
+                        )
                 else:
                     ax.plot(pos, ys, marker="o", label=name)
             if numeric and len(xs) > 1 and min(xs) > 0 and max(xs) / min(xs) >= 20:
@@ -211,15 +231,21 @@ def plot_curve(rows: Sequence[Mapping[str, Any]]) -> bytes | None:
     ys = [r["accuracy_mean"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.errorbar(xs, ys, yerr=[r["accuracy_std"] for r in rows], marker="o", capsize=4)
-    lows, highs = [r.get("accuracy_min", y) for r, y in zip(rows, ys)], [r.get("accuracy_max", y)
-                                                                          for r, y in zip(rows, ys)]
+    lows, highs = (
+        [r.get("accuracy_min", y) for r, y in zip(rows, ys)],
+        [r.get("accuracy_max", y) for r, y in zip(rows, ys)],
+    )
     ax.fill_between(xs, lows, highs, alpha=0.15, label="min–max over repeats")
     for r, x, y in zip(rows, xs, ys):
         if r["images_per_class"] == "all":
             ax.annotate("all", (x, y), textcoords="offset points", xytext=(0, 8), ha="center")
     ax.set_xscale("log")
-    ax.set(xlabel="training images per class", ylabel=f"test accuracy (N={rows[0]['n_test']})",
-           title="Learning curve", ylim=(0, 1.02))
+    ax.set(
+        xlabel="training images per class",
+        ylabel=f"test accuracy (N={rows[0]['n_test']})",
+        title="Learning curve",
+        ylim=(0, 1.02),
+    )
     ax.grid(alpha=0.3, which="both")
     ax.legend(loc="lower right")
     return _png(fig)
@@ -235,14 +261,29 @@ def plot_compare(rows: Sequence[Mapping[str, Any]]) -> bytes | None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in points:
         ax.scatter(r["latency_ms"], r["test_accuracy"], s=40 + 8 * float(r.get("gmacs") or 0) * 10)
-        ax.annotate(f"{r['backbone']}\n{r.get('params_m', '?')}M params, {r.get('gmacs', '?')} GMACs",
-                    (r["latency_ms"], r["test_accuracy"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ax.set(xlabel=f"batch-1 latency (ms, {points[0].get('runtime')})", ylabel="test accuracy",
-           title="Accuracy against latency")
+        ax.annotate(
+            f"{r['backbone']}\n{r.get('params_m', '?')}M params, {r.get('gmacs', '?')} GMACs",
+            (r["latency_ms"], r["test_accuracy"]),
+            textcoords="offset points",
+            xytext=(6, 4),
+            fontsize=8,
+        )
+    ax.set(
+        xlabel=f"batch-1 latency (ms, {points[0].get('runtime')})",
+        ylabel="test accuracy",
+        title="Accuracy against latency",
+    )
     ax.margins(x=0.35, y=0.25)
     ax.grid(alpha=0.3)
     return _png(fig)
 
 
-__all__ = ["LOSS_FLOOR", "plot_compare", "plot_confusion_matrix", "plot_curve", "plot_reliability", "plot_sweep",
-           "plot_training_curves"]
+__all__ = [
+    "LOSS_FLOOR",
+    "plot_compare",
+    "plot_confusion_matrix",
+    "plot_curve",
+    "plot_reliability",
+    "plot_sweep",
+    "plot_training_curves",
+]

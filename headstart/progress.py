@@ -20,8 +20,9 @@ log = logging.getLogger("headstart")
 class Progress:
     """A counter that renders as a bar on a TTY and as periodic lines otherwise."""
 
-    def __init__(self, total: int | None, desc: str, unit: str = "it", enabled: bool = True,
-                 interval: float = 10.0) -> None:
+    def __init__(
+        self, total: int | None, desc: str, unit: str = "it", enabled: bool = True, interval: float = 10.0
+    ) -> None:
         self.total = total
         self.desc = desc
         self.unit = unit
@@ -80,8 +81,9 @@ class Progress:
         self.close()
 
 
-def track(iterable: Any, total: int | None = None, desc: str = "", unit: str = "it",
-          enabled: bool = True) -> Iterator[Any]:
+def track(
+    iterable: Any, total: int | None = None, desc: str = "", unit: str = "it", enabled: bool = True
+) -> Iterator[Any]:
     """Iterate while showing progress (see :class:`Progress`)."""
     if total is None and hasattr(iterable, "__len__"):
         total = len(iterable)

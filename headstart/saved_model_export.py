@@ -56,7 +56,7 @@ def _decode_one(data: Any, prep: Preprocessing) -> Any:
     resized = tf.image.resize(rgb, tf.stack([new_h, new_w]), method=method, antialias=method != "nearest")
     top = tf.cast(tf.round(tf.cast(new_h - size, tf.float32) / 2.0), tf.int32)
     left = tf.cast(tf.round(tf.cast(new_w - size, tf.float32) / 2.0), tf.int32)
-    crop = resized[top:top + size, left:left + size, :]
+    crop = resized[top : top + size, left : left + size, :]
     return tf.cast(tf.clip_by_value(tf.round(crop), 0.0, 255.0), tf.uint8)
 
 
@@ -83,8 +83,11 @@ def create_serving_module(keras_model: Any, description: ExportDescription) -> A
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=BYTES_INPUT)])
         def serve(self, image_bytes: Any) -> dict[str, Any]:
-            images = tf.map_fn(lambda b: _decode_one(b, prep), image_bytes,
-                               fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
+            images = tf.map_fn(
+                lambda b: _decode_one(b, prep),
+                image_bytes,
+                fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8),
+            )
             out = self.classify(images)
             out["label"] = tf.gather(self.labels, tf.argmax(out[OUTPUT_NAME], axis=1))
             if OOD_OUTPUT_NAME in out and threshold is not None:
@@ -101,30 +104,41 @@ def write_saved_model(keras_model: Any, path: Path, description: ExportDescripti
     tf = import_tensorflow()
     module = create_serving_module(keras_model, description)
     with quiet_native_logs():
-        signatures = {SERVING_SIGNATURE: module.serve.get_concrete_function(),
-                      IMAGES_SIGNATURE: module.classify.get_concrete_function()}
+        signatures = {
+            SERVING_SIGNATURE: module.serve.get_concrete_function(),
+            IMAGES_SIGNATURE: module.classify.get_concrete_function(),
+        }
         tf.saved_model.save(module, str(path), signatures=signatures)
     outputs = [*description.output_names, "label"]
     if description.unknown and description.unknown.get("threshold") is not None:
         outputs.append("unknown")
-    return {"signatures": {
-        SERVING_SIGNATURE: {"inputs": {BYTES_INPUT: "string [N]: encoded JPEG/PNG/GIF/BMP"}, "outputs": outputs,
-                            "preprocessing": "decode (no EXIF orientation), alpha over white, shorter side to "
-                                             f"{description.preprocessing.resize_size} px "
-                                             f"({description.preprocessing.interpolation}, TensorFlow's kernel), "
-                                             f"centre crop {description.preprocessing.input_size}"},
-        IMAGES_SIGNATURE: {"inputs": {"images": "uint8 [N, H, W, 3] RGB, decoded as the sidecar's preprocessing "
-                                                "says"}, "outputs": list(description.output_names)}}}
+    return {
+        "signatures": {
+            SERVING_SIGNATURE: {
+                "inputs": {BYTES_INPUT: "string [N]: encoded JPEG/PNG/GIF/BMP"},
+                "outputs": outputs,
+                "preprocessing": "decode (no EXIF orientation), alpha over white, shorter side to "
+                f"{description.preprocessing.resize_size} px "
+                f"({description.preprocessing.interpolation}, TensorFlow's kernel), "
+                f"centre crop {description.preprocessing.input_size}",
+            },
+            IMAGES_SIGNATURE: {
+                "inputs": {"images": "uint8 [N, H, W, 3] RGB, decoded as the sidecar's preprocessing says"},
+                "outputs": list(description.output_names),
+            },
+        }
+    }
 
 
-def check_serving_bytes(path: Path, description: ExportDescription, records: Sequence[ImageRecord],
-                        batch_size: int = 32) -> dict[str, Any] | None:
+def check_serving_bytes(
+    path: Path, description: ExportDescription, records: Sequence[ImageRecord], batch_size: int = 32
+) -> dict[str, Any] | None:
     """``serving_default`` on the test images' own bytes against ``classify_images`` on headstart's pixels.
 
     The difference is only in decoding and resizing (TensorFlow's against headstart's), so
     the top-1 agreement says how often that changes the answer.
     """
-    from .export import decode_images
+    from .export_check import decode_images
     from .tfhub_runtime import import_tensorflow, quiet_native_logs
 
     tf = import_tensorflow()
@@ -138,18 +152,30 @@ def check_serving_bytes(path: Path, description: ExportDescription, records: Seq
     serve, classify = loaded.signatures[SERVING_SIGNATURE], loaded.signatures[IMAGES_SIGNATURE]
     by_bytes, by_pixels = [], []
     for i in range(0, len(kept), batch_size):
-        payload = tf.constant([Path(r.path).read_bytes() for r in kept[i:i + batch_size]])
+        payload = tf.constant([Path(r.path).read_bytes() for r in kept[i : i + batch_size]])
         by_bytes.append(serve(image_bytes=payload)[OUTPUT_NAME].numpy())
-        by_pixels.append(classify(images=tf.constant(pixels[i:i + batch_size]))[OUTPUT_NAME].numpy())
+        by_pixels.append(classify(images=tf.constant(pixels[i : i + batch_size]))[OUTPUT_NAME].numpy())
     top_bytes, top_pixels = np.concatenate(by_bytes).argmax(1), np.concatenate(by_pixels).argmax(1)
     truth = np.array([description.labels.index(r.label) for r in kept])
-    check = {"n": len(kept), "agreement_with_headstart_decoding": float(np.mean(top_bytes == top_pixels)),
-             "accuracy": float(np.mean(top_bytes == truth)),
-             "accuracy_headstart_decoding": float(np.mean(top_pixels == truth))}
-    log.info("serving_default on the images' bytes: top-1 agreement %.1f%% with headstart's decoding (%d images)",
-             100 * check["agreement_with_headstart_decoding"], len(kept))
+    check = {
+        "n": len(kept),
+        "agreement_with_headstart_decoding": float(np.mean(top_bytes == top_pixels)),
+        "accuracy": float(np.mean(top_bytes == truth)),
+        "accuracy_headstart_decoding": float(np.mean(top_pixels == truth)),
+    }
+    log.info(
+        "serving_default on the images' bytes: top-1 agreement %.1f%% with headstart's decoding (%d images)",
+        100 * check["agreement_with_headstart_decoding"],
+        len(kept),
+    )
     return check
 
 
-__all__ = ["BYTES_INPUT", "IMAGES_SIGNATURE", "SERVING_SIGNATURE", "check_serving_bytes", "create_serving_module",
-           "write_saved_model"]
+__all__ = [
+    "BYTES_INPUT",
+    "IMAGES_SIGNATURE",
+    "SERVING_SIGNATURE",
+    "check_serving_bytes",
+    "create_serving_module",
+    "write_saved_model",
+]

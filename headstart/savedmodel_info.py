@@ -19,8 +19,17 @@ from pathlib import Path
 
 from .errors import ModelError
 
-DTYPES = {1: "float32", 2: "float64", 3: "int32", 4: "uint8", 7: "string", 9: "int64", 10: "bool", 19: "float16",
-          14: "bfloat16"}
+DTYPES = {
+    1: "float32",
+    2: "float64",
+    3: "int32",
+    4: "uint8",
+    7: "string",
+    9: "int64",
+    10: "bool",
+    19: "float16",
+    14: "bfloat16",
+}
 CALL = "__call__"  # the signature name used for a reusable SavedModel's __call__
 
 
@@ -48,9 +57,13 @@ class SignatureInfo:
         return shape[1]
 
     def describe(self) -> dict[str, object]:
-        return {"key": self.key, "input": [self.input.name, self.input.dtype, list(self.input.shape or ())],
-                "output": None if self.output is None else
-                [self.output.name, self.output.dtype, list(self.output.shape or ())]}
+        return {
+            "key": self.key,
+            "input": [self.input.name, self.input.dtype, list(self.input.shape or ())],
+            "output": None
+            if self.output is None
+            else [self.output.name, self.output.dtype, list(self.output.shape or ())],
+        }
 
 
 # ------------------------------------------------------------------ protobuf wire format
@@ -78,13 +91,13 @@ def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
             yield number, value
         elif wire == 2:
             size, pos = _varint(data, pos)
-            yield number, data[pos:pos + size]
+            yield number, data[pos : pos + size]
             pos += size
         elif wire == 1:
-            yield number, int.from_bytes(data[pos:pos + 8], "little")
+            yield number, int.from_bytes(data[pos : pos + 8], "little")
             pos += 8
         elif wire == 5:
-            yield number, int.from_bytes(data[pos:pos + 4], "little")
+            yield number, int.from_bytes(data[pos : pos + 4], "little")
             pos += 4
         else:
             raise ValueError(f"unsupported protobuf wire type {wire}")
@@ -147,8 +160,9 @@ def _tensor_specs(value: bytes) -> Iterator[TensorSpecInfo]:
             continue
         if number == 33:
             shape = _first(inner, 2)
-            yield TensorSpecInfo(_text(inner, 1), _dtype(_first(inner, 3)),
-                                 _shape(shape if isinstance(shape, bytes) else None))
+            yield TensorSpecInfo(
+                _text(inner, 1), _dtype(_first(inner, 3)), _shape(shape if isinstance(shape, bytes) else None)
+            )
         elif number in (51, 52):  # ListValue / TupleValue: values = 1
             for item in _all(inner, 1):
                 yield from _tensor_specs(item)
@@ -194,8 +208,13 @@ def _signature_defs(graph: bytes) -> list[SignatureInfo]:
         vectors = [o for o in outputs if o.shape is not None and len(o.shape) == 2]
         if len(inputs) != 1 or not images or not vectors:
             continue
-        vectors.sort(key=lambda o: (o.name not in _PREFERRED_OUTPUTS,
-                                    _PREFERRED_OUTPUTS.index(o.name) if o.name in _PREFERRED_OUTPUTS else 0, o.name))
+        vectors.sort(
+            key=lambda o: (
+                o.name not in _PREFERRED_OUTPUTS,
+                _PREFERRED_OUTPUTS.index(o.name) if o.name in _PREFERRED_OUTPUTS else 0,
+                o.name,
+            )
+        )
         found.append(SignatureInfo(key, images[0], vectors[0]))
     return found
 
@@ -219,8 +238,11 @@ def _call_signatures(graph: bytes) -> list[SignatureInfo]:
         signature = _first(functions.get(name, b""), 3)  # SavedConcreteFunction.canonicalized_input_signature
         specs = list(_tensor_specs(signature)) if isinstance(signature, bytes) else []
         outputs = _first(functions.get(name, b""), 4)
-        out_specs = [s for s in _tensor_specs(outputs) if s.shape is not None and len(s.shape) == 2] \
-            if isinstance(outputs, bytes) else []
+        out_specs = (
+            [s for s in _tensor_specs(outputs) if s.shape is not None and len(s.shape) == 2]
+            if isinstance(outputs, bytes)
+            else []
+        )
         if specs and _is_image(specs[0]):
             found.append(SignatureInfo(CALL, specs[0], out_specs[0] if len(out_specs) == 1 else None))
     # A batch-agnostic trace first (TF Hub modules trace __call__ for several batch sizes and training flags).
@@ -237,9 +259,11 @@ def read_signature(saved_model_dir: Path) -> SignatureInfo:
     except (OSError, ValueError, IndexError) as exc:
         raise ModelError(f"cannot read {path}: {exc}", hint="pass a TensorFlow SavedModel folder") from exc
     if not found:
-        raise ModelError(f"{saved_model_dir} has no image signature (float32 [N, H, W, 3] in, [N, D] out)",
-                         hint="export the model with a serving_default signature that takes images in [0, 1], "
-                              "as TF Hub's image feature vectors do")
+        raise ModelError(
+            f"{saved_model_dir} has no image signature (float32 [N, H, W, 3] in, [N, D] out)",
+            hint="export the model with a serving_default signature that takes images in [0, 1], "
+            "as TF Hub's image feature vectors do",
+        )
     return found[0]
 
 

@@ -59,18 +59,29 @@ class ExportDescription:
             "format_version": SIDECAR_VERSION,
             "model_format": self.model_format,
             "precision": self.precision,
-            "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NHWC", "color": "RGB",
-                      "shape": ["batch", prep.input_size, prep.input_size, 3]},
-            "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", len(self.labels)],
-                       "meaning": "calibrated softmax probabilities, columns follow labels"},
+            "input": {
+                "name": INPUT_NAME,
+                "dtype": "uint8",
+                "layout": "NHWC",
+                "color": "RGB",
+                "shape": ["batch", prep.input_size, prep.input_size, 3],
+            },
+            "output": {
+                "name": OUTPUT_NAME,
+                "dtype": "float32",
+                "shape": ["batch", len(self.labels)],
+                "meaning": "calibrated softmax probabilities, columns follow labels",
+            },
             "labels": list(self.labels),
             "preprocessing": {
                 **prep.to_dict(),
                 "resize_size": prep.resize_size,
-                "steps": ["decode to RGB (EXIF orientation applied, alpha over white)",
-                          f"resize the shorter side to {prep.resize_size} px ({prep.interpolation})",
-                          f"centre-crop {prep.input_size}x{prep.input_size}",
-                          "uint8 NHWC into the graph"],
+                "steps": [
+                    "decode to RGB (EXIF orientation applied, alpha over white)",
+                    f"resize the shorter side to {prep.resize_size} px ({prep.interpolation})",
+                    f"centre-crop {prep.input_size}x{prep.input_size}",
+                    "uint8 NHWC into the graph",
+                ],
                 "normalization": "in_graph",  # mean/std are applied inside the model, not by the caller
             },
             "provenance": dict(self.provenance),
@@ -84,8 +95,11 @@ class ExportDescription:
     def metadata(self) -> dict[str, str]:
         """ONNX ``metadata_props``: the description without what is only known after the check."""
         data = {k: v for k, v in self.to_dict().items() if k not in ("check", "created", "model_sha256")}
-        return {METADATA_KEY: json.dumps(data, sort_keys=True), "labels": json.dumps(data["labels"]),
-                "preprocessing": json.dumps(data["preprocessing"], sort_keys=True)}
+        return {
+            METADATA_KEY: json.dumps(data, sort_keys=True),
+            "labels": json.dumps(data["labels"]),
+            "preprocessing": json.dumps(data["preprocessing"], sort_keys=True),
+        }
 
     @property
     def output_names(self) -> list[str]:
@@ -95,8 +109,9 @@ class ExportDescription:
     def from_dict(cls, path: Path, data: Any, source: str) -> ExportDescription:
         where = f"{path} ({source})"
         if not isinstance(data, dict) or data.get("format") != SIDECAR_FORMAT:
-            raise ModelError(f"{where} is not a headstart export description",
-                             hint="export the model again with 'headstart export'")
+            raise ModelError(
+                f"{where} is not a headstart export description", hint="export the model again with 'headstart export'"
+            )
         if int(data.get("format_version", 0)) > SIDECAR_VERSION:
             raise ModelError(f"{where} was written by a newer headstart", hint="upgrade headstart")
         labels = data.get("labels")
@@ -106,8 +121,9 @@ class ExportDescription:
         try:
             preprocessing = Preprocessing.from_dict({k: prep[k] for k in _PREP_FIELDS})
         except (TypeError, KeyError, ValueError) as exc:
-            raise ModelError(f"{where}: preprocessing is missing or malformed ({exc})",
-                             hint="export the model again") from None
+            raise ModelError(
+                f"{where}: preprocessing is missing or malformed ({exc})", hint="export the model again"
+            ) from None
         sections = {}
         for key in ("unknown", "check", "calibration", "tensorrt", "tensorflow", "provenance"):
             value = data.get(key)
@@ -118,12 +134,22 @@ class ExportDescription:
         threshold = unknown.get("threshold") if unknown else None
         if threshold is not None and (not isinstance(threshold, (int, float)) or isinstance(threshold, bool)):
             raise ModelError(f"{where}: unknown.threshold is malformed", hint="export the model again")
-        return cls(path=path, source=source, model_format=str(data.get("model_format", "onnx")),
-                   precision=str(data.get("precision", "fp32")), labels=tuple(labels), preprocessing=preprocessing,
-                   provenance=dict(sections["provenance"] or {}), unknown=unknown, check=sections["check"],
-                   calibration=sections["calibration"], tensorrt=sections["tensorrt"],
-                   tensorflow=sections["tensorflow"], created=data.get("created"),
-                   model_sha256=data.get("model_sha256"))
+        return cls(
+            path=path,
+            source=source,
+            model_format=str(data.get("model_format", "onnx")),
+            precision=str(data.get("precision", "fp32")),
+            labels=tuple(labels),
+            preprocessing=preprocessing,
+            provenance=dict(sections["provenance"] or {}),
+            unknown=unknown,
+            check=sections["check"],
+            calibration=sections["calibration"],
+            tensorrt=sections["tensorrt"],
+            tensorflow=sections["tensorflow"],
+            created=data.get("created"),
+            model_sha256=data.get("model_sha256"),
+        )
 
 
 def sidecar_path(model: str | Path) -> Path:
@@ -153,8 +179,10 @@ def read_description(path: str | Path) -> ExportDescription:
     """An exported model's description: its sidecar first, then (for .onnx) the metadata inside it."""
     model = Path(path).expanduser()
     if not (model.is_file() or (model / "saved_model.pb").is_file()):  # a SavedModel is a directory
-        raise ModelError(f"exported model {model} does not exist",
-                         hint="pass the file written by 'headstart export' (.onnx, .xml, .engine, .tflite)")
+        raise ModelError(
+            f"exported model {model} does not exist",
+            hint="pass the file written by 'headstart export' (.onnx, .xml, .engine, .tflite)",
+        )
     side = sidecar_path(model)
     if side.is_file():
         try:
@@ -168,20 +196,35 @@ def read_description(path: str | Path) -> ExportDescription:
             try:
                 data = json.loads(meta[METADATA_KEY])
             except ValueError:
-                raise ModelError(f"{model}: its headstart metadata is not valid JSON",
-                                 hint="export the model again") from None
+                raise ModelError(
+                    f"{model}: its headstart metadata is not valid JSON", hint="export the model again"
+                ) from None
             return ExportDescription.from_dict(model, data, "onnx metadata")
-        raise ModelError(f"{model} has no headstart metadata and no {side.name} next to it",
-                         hint="export it with 'headstart export', or put its .json sidecar next to it")
+        raise ModelError(
+            f"{model} has no headstart metadata and no {side.name} next to it",
+            hint="export it with 'headstart export', or put its .json sidecar next to it",
+        )
     if model.suffix.lower() == ".tflite":  # the description is also zipped into the file (tflite_metadata)
         from .tflite_metadata import read_embedded_description
 
         embedded = read_embedded_description(model)
         if embedded is not None:
             return ExportDescription.from_dict(model, embedded, "tflite metadata")
-    raise ModelError(f"{model} has no {side.name} next to it (it holds the labels and preprocessing)",
-                     hint="copy the .json file written by 'headstart export' next to the model")
+    raise ModelError(
+        f"{model} has no {side.name} next to it (it holds the labels and preprocessing)",
+        hint="copy the .json file written by 'headstart export' next to the model",
+    )
 
 
-__all__ = ["INPUT_NAME", "METADATA_KEY", "OOD_OUTPUT_NAME", "OUTPUT_NAME", "SIDECAR_FORMAT", "SIDECAR_VERSION",
-           "ExportDescription", "read_description", "sidecar_path", "write_sidecar"]
+__all__ = [
+    "INPUT_NAME",
+    "METADATA_KEY",
+    "OOD_OUTPUT_NAME",
+    "OUTPUT_NAME",
+    "SIDECAR_FORMAT",
+    "SIDECAR_VERSION",
+    "ExportDescription",
+    "read_description",
+    "sidecar_path",
+    "write_sidecar",
+]

@@ -75,8 +75,9 @@ class VectorStore:
         try:
             meta = json.loads(Path(f"{self.path}.json").read_text())
         except (OSError, ValueError) as exc:
-            raise HeadstartError(f"{self.path} is not a vector store ({exc})",
-                                 hint="write it with StoreWriter") from exc
+            raise HeadstartError(
+                f"{self.path} is not a vector store ({exc})", hint="write it with StoreWriter"
+            ) from exc
         if meta.get("format") != STORE_FORMAT or meta.get("dtype") not in ("float16", "float32"):
             raise HeadstartError(f"{self.path} is not a vector store", hint="write it with StoreWriter")
         self.dtype = np.dtype(meta["dtype"]).newbyteorder("<")
@@ -120,18 +121,18 @@ class VectorStore:
         rows = np.empty((len(unique), self.dim), dtype=np.float32)
         runs = np.split(np.arange(len(unique)), np.flatnonzero(np.diff(unique) != 1) + 1) if len(unique) else []
         for run in runs:  # one read per run of consecutive rows
-            rows[run[0]:run[-1] + 1] = self._read(int(unique[run[0]]), len(run))
+            rows[run[0] : run[-1] + 1] = self._read(int(unique[run[0]]), len(run))
         out = rows[inverse]
         return out.reshape(*idx.shape, self.dim) if idx.ndim != 1 else out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         """The whole store as a float32 matrix (for the small splits: validation, tests)."""
-        whole = self[0:self.rows]
+        whole = self[0 : self.rows]
         return whole if dtype is None else whole.astype(dtype)
 
     def iter_chunks(self, rows: int = CHUNK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
         for start in range(0, self.rows, rows):
-            yield start, self[start:min(self.rows, start + rows)]
+            yield start, self[start : min(self.rows, start + rows)]
 
     def close(self) -> None:
         self._closer()
@@ -167,8 +168,9 @@ class StoreWriter:
         return VectorStore(self.path)
 
 
-def write_store(path: str | Path, chunks: Iterator[np.ndarray] | Sequence[np.ndarray], dim: int,
-                dtype: str = STORE_DTYPE) -> VectorStore:
+def write_store(
+    path: str | Path, chunks: Iterator[np.ndarray] | Sequence[np.ndarray], dim: int, dtype: str = STORE_DTYPE
+) -> VectorStore:
     """A store holding ``chunks`` one after the other."""
     writer = StoreWriter(path, dim, dtype)
     for chunk in chunks:
@@ -196,20 +198,21 @@ class StreamingHead(SoftmaxHead):
             raise ValueError(f"X has {X.dim} features, the head expects {self.n_features_in_}")
         out = np.empty((len(X), len(self.classes_)), dtype=np.float32)
         for start, chunk in X.iter_chunks():
-            out[start:start + len(chunk)] = super().logits(chunk)
+            out[start : start + len(chunk)] = super().logits(chunk)
         return out
 
 
-def calibrate_streaming(head: SoftmaxHead, x_train: Any, y_train: np.ndarray, x_val: Any, y_val: np.ndarray,
-                        accept: float) -> Any:
+def calibrate_streaming(
+    head: SoftmaxHead, x_train: Any, y_train: np.ndarray, x_val: Any, y_val: np.ndarray, accept: float
+) -> Any:
     """:func:`headstart.calibrate.calibrate_head` with the training rows read a chunk at a time."""
     from .calibrate import fit_novelty, fit_temperature
 
     n_classes = len(head.classes_)
     sums = np.zeros((n_classes, x_train.shape[1]), dtype=np.float64)
-    for start, chunk in (x_train.iter_chunks() if isinstance(x_train, VectorStore) else [(0, x_train)]):
+    for start, chunk in x_train.iter_chunks() if isinstance(x_train, VectorStore) else [(0, x_train)]:
         unit = chunk / np.maximum(np.linalg.norm(chunk, axis=1, keepdims=True), 1e-12)
-        np.add.at(sums, y_train[start:start + len(chunk)], unit)
+        np.add.at(sums, y_train[start : start + len(chunk)], unit)
     counts = np.bincount(y_train, minlength=n_classes)[:, None]
     means = (sums / np.maximum(counts, 1)).astype(np.float32)  # a class without images keeps a zero mean
     if len(y_val):
@@ -238,8 +241,13 @@ class StreamedBottlenecks(Bottlenecks):
         return tuple(r for r in self.records if r.split == split), self.stores[split]
 
 
-def extract_to_stores(records: Sequence[ImageRecord], backbone: Backbone, cache: BottleneckCache,
-                      config: RetrainConfig, dtype: str | None = None) -> StreamedBottlenecks:
+def extract_to_stores(
+    records: Sequence[ImageRecord],
+    backbone: Backbone,
+    cache: BottleneckCache,
+    config: RetrainConfig,
+    dtype: str | None = None,
+) -> StreamedBottlenecks:
     """Every record's bottleneck, computed (locally or on Ray) and written split by split to stores on disk.
 
     Memory stays bounded by the chunk: ``--max_memory`` over four copies of a
@@ -264,9 +272,16 @@ def extract_to_stores(records: Sequence[ImageRecord], backbone: Backbone, cache:
     settings = params.pop("ray")
     fill = None
     if settings is not None:  # the cluster fills the store once; the chunks below only read it
-        fill = fill_cache_on_ray(records, backbone, cache, settings, runtime=config.runtime,
-                                 precision=config.precision, batch_size=config.extraction_batch_size,
-                                 progress=config.progress)
+        fill = fill_cache_on_ray(
+            records,
+            backbone,
+            cache,
+            settings,
+            runtime=config.runtime,
+            precision=config.precision,
+            batch_size=config.extraction_batch_size,
+            progress=config.progress,
+        )
         computed, cached, skipped = fill.computed, fill.cached, list(fill.skipped)
         failed = {s.path for s in fill.skipped}
         records = [r for r in records if r.path not in failed]
@@ -282,7 +297,7 @@ def extract_to_stores(records: Sequence[ImageRecord], backbone: Backbone, cache:
 
     log.info("%d bottlenecks exceed --max_memory: the head trains from %s stores on disk", len(records), dtype)
     for begin in range(0, len(records), chunk):
-        part = records[begin:begin + chunk]
+        part = records[begin : begin + chunk]
         if fill is not None:
             got = read_bottlenecks(part, backbone, cache, fill.choices)
         else:
@@ -300,8 +315,18 @@ def extract_to_stores(records: Sequence[ImageRecord], backbone: Backbone, cache:
     stores = {split: writer.close() for split, writer in writers.items()}
     by_split = {s: [r for r in kept if r.split == s] for s in stores}
     ordered = tuple(r for s in ("training", "validation", "testing") for r in by_split[s])
-    return StreamedBottlenecks(ordered, np.zeros((0, stores["training"].dim), np.float32), tuple(skipped), computed,
-                               cached, time.perf_counter() - start, extractor, ran, stores=stores, workdir=workdir)
+    return StreamedBottlenecks(
+        ordered,
+        np.zeros((0, stores["training"].dim), np.float32),
+        tuple(skipped),
+        computed,
+        cached,
+        time.perf_counter() - start,
+        extractor,
+        ran,
+        stores=stores,
+        workdir=workdir,
+    )
 
 
 __all__ = [

@@ -39,7 +39,7 @@ from .errors import ModelError, UsageError
 from .sidecar import ExportDescription
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .export import CheckImages
+    from .export_check import CheckImages
 
 log = logging.getLogger("headstart")
 
@@ -51,7 +51,7 @@ _NEEDED = ("tensorflow", "tf_keras", "onnx2tf", "onnxsim", "onnx_graphsurgeon", 
 _OUTPUT_DESCRIPTIONS = {
     "probabilities": "Calibrated softmax probabilities of the labels in labels.txt, in that order.",
     "ood_score": "Novelty score of the image: above the threshold in headstart.json ('unknown.threshold') "
-                 "the answer is 'unknown'.",
+    "the answer is 'unknown'.",
 }
 
 
@@ -61,8 +61,9 @@ def require_tf_export() -> None:
 
     missing = [m for m in _NEEDED if not installed(m)]
     if missing:
-        raise UsageError(f"TFLite and SavedModel exports need {', '.join(missing)}, which are not installed",
-                         hint=INSTALL_HINT)
+        raise UsageError(
+            f"TFLite and SavedModel exports need {', '.join(missing)}, which are not installed", hint=INSTALL_HINT
+        )
 
 
 # ---------------------------------------------------------------- ONNX -> Keras
@@ -78,8 +79,10 @@ def onnx_to_keras(onnx_path: Path, work: Path) -> Any:
     import_tensorflow()  # before onnx2tf imports it: quietly, and after triton (see there)
     simplified, ok = onnxsim.simplify(onnx.load(str(onnx_path)))
     if not ok:
-        raise ModelError("onnxsim could not simplify the exported ONNX graph for conversion",
-                         hint="export to onnx or openvino instead, and report this")
+        raise ModelError(
+            "onnxsim could not simplify the exported ONNX graph for conversion",
+            hint="export to onnx or openvino instead, and report this",
+        )
     path = work / "simplified.onnx"
     onnx.save(simplified, str(path))
     import onnx2tf
@@ -88,13 +91,20 @@ def onnx_to_keras(onnx_path: Path, work: Path) -> Any:
     try:
         with contextlib.redirect_stdout(chatter), quiet_native_logs():
             # The input is NHWC already: onnx2tf must not transpose it as it does NCHW inputs.
-            model = onnx2tf.convert(input_onnx_file_path=str(path), output_folder_path=str(work / "onnx2tf"),
-                                    keep_shape_absolutely_input_names=["images"], not_use_onnxsim=True,
-                                    non_verbose=True, disable_model_save=True)
+            model = onnx2tf.convert(
+                input_onnx_file_path=str(path),
+                output_folder_path=str(work / "onnx2tf"),
+                keep_shape_absolutely_input_names=["images"],
+                not_use_onnxsim=True,
+                non_verbose=True,
+                disable_model_save=True,
+            )
     except (Exception, SystemExit) as exc:  # onnx2tf exits on some failures
         tail = " ".join(chatter.getvalue().split()[-30:])
-        raise ModelError(f"onnx2tf could not convert the graph to TensorFlow: {exc or tail}",
-                         hint="export to onnx or openvino instead; run with -v for the converter's log") from None
+        raise ModelError(
+            f"onnx2tf could not convert the graph to TensorFlow: {exc or tail}",
+            hint="export to onnx or openvino instead; run with -v for the converter's log",
+        ) from None
     log.debug("onnx2tf: %s", chatter.getvalue())
     return model
 
@@ -118,7 +128,7 @@ def _float_nodes(float_model: bytes) -> list[str]:
     convs = [i for i, op in enumerate(ops) if code(op) in conv]
     if not convs:
         return []
-    keep = [*ops[:convs[0] + 1], *ops[convs[-1] + 1:]]
+    keep = [*ops[: convs[0] + 1], *ops[convs[-1] + 1 :]]
     return [graph.Tensors(op.Outputs(j)).Name().decode() for op in keep for j in range(op.OutputsLength())]
 
 
@@ -143,8 +153,10 @@ def convert_tflite(keras_model: Any, precision: str, calibration: np.ndarray | N
         with quiet_native_logs():
             return bytes(conv.convert())
     if calibration is None or len(calibration) == 0:
-        raise ModelError("int8 needs calibration images and none could be read",
-                         hint="export from a run whose training images still exist")
+        raise ModelError(
+            "int8 needs calibration images and none could be read",
+            hint="export from a run whose training images still exist",
+        )
 
     def representative() -> Any:
         for image in calibration:
@@ -155,8 +167,9 @@ def convert_tflite(keras_model: Any, precision: str, calibration: np.ndarray | N
         denylist = _float_nodes(bytes(converter().convert()))
         options = tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=denylist)
         # The debugger is TensorFlow's way to quantise all but named ops (its "selective quantisation").
-        debugger = tf.lite.experimental.QuantizationDebugger(converter=conv, debug_dataset=representative,
-                                                             debug_options=options)
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=conv, debug_dataset=representative, debug_options=options
+        )
         return bytes(debugger.get_nondebug_quantized_model())
 
 
@@ -172,21 +185,26 @@ def classifier_metadata(description: ExportDescription) -> Any:
     return ClassifierMetadata(
         name=f"headstart image classifier ({provenance.get('backbone', 'backbone')})",
         description=f"Classifies an image into {len(labels)} labels ({shown}): {provenance.get('backbone')} "
-                    f"features and a retrained last layer, {description.precision}.",
+        f"features and a retrained last layer, {description.precision}.",
         version=str(provenance.get("head_sha256", ""))[:12],
         labels=labels,
-        mean=[255.0 * m for m in prep.mean], std=[255.0 * s for s in prep.std],
+        mean=[255.0 * m for m in prep.mean],
+        std=[255.0 * s for s in prep.std],
         input_description=(
             f"uint8 RGB pixels [1, {prep.input_size}, {prep.input_size}, 3]: the shorter side resized to "
             f"{prep.resize_size} px ({prep.interpolation}), centre-cropped. The model normalises them itself, "
-            "(pixel - mean) / std with the NormalizationOptions below: feed raw pixels."),
+            "(pixel - mean) / std with the NormalizationOptions below: feed raw pixels."
+        ),
         output_descriptions=outputs,
-        export_description={k: v for k, v in description.to_dict().items()
-                            if k not in ("check", "created", "model_sha256")})
+        export_description={
+            k: v for k, v in description.to_dict().items() if k not in ("check", "created", "model_sha256")
+        },
+    )
 
 
-def write_tflite(keras_model: Any, path: Path, precision: str, description: ExportDescription,
-                 calibration: np.ndarray | None) -> bytes:
+def write_tflite(
+    keras_model: Any, path: Path, precision: str, description: ExportDescription, calibration: np.ndarray | None
+) -> bytes:
     from .tflite_metadata import populate
 
     log.info("converting to TFLite (%s)", precision)
@@ -209,17 +227,21 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def write_tf_export(onnx_fp32: Path, staged: Path, description: ExportDescription, images: CheckImages,
-                    calibration_images: int) -> ExportDescription:
+def write_tf_export(
+    onnx_fp32: Path, staged: Path, description: ExportDescription, images: CheckImages, calibration_images: int
+) -> ExportDescription:
     """Write ``staged`` (a .tflite, or a SavedModel directory) in the description's format and precision from
     the fp32 ONNX; the description gains what the conversion did (``tensorflow``; ``calibration`` for int8)."""
     require_tf_export()
-    from .export import MAX_CHECK_IMAGES, _spread, decode_images
+    from .export_check import MAX_CHECK_IMAGES, decode_images, spread_records
 
     model_format, precision = description.model_format, description.precision
 
-    info: dict[str, Any] = {"converter": "onnxsim + onnx2tf -> TensorFlow " + (
-        "TFLiteConverter (builtin ops only)" if model_format == "tflite" else "SavedModel"), "versions": _versions()}
+    info: dict[str, Any] = {
+        "converter": "onnxsim + onnx2tf -> TensorFlow "
+        + ("TFLiteConverter (builtin ops only)" if model_format == "tflite" else "SavedModel"),
+        "versions": _versions(),
+    }
     with tempfile.TemporaryDirectory(prefix="tf-", dir=staged.parent) as tmp:
         log.info("converting the ONNX graph to TensorFlow (onnx2tf)")
         keras_model = onnx_to_keras(onnx_fp32, Path(tmp))
@@ -227,19 +249,29 @@ def write_tf_export(onnx_fp32: Path, staged: Path, description: ExportDescriptio
             from .saved_model_export import check_serving_bytes, write_saved_model
 
             info.update(write_saved_model(keras_model, staged, description))
-            info["serving_default_check"] = check_serving_bytes(staged, description,
-                                                                _spread(images.test, MAX_CHECK_IMAGES))
+            info["serving_default_check"] = check_serving_bytes(
+                staged, description, spread_records(images.test, MAX_CHECK_IMAGES)
+            )
             return description.with_(tensorflow=info)
         calibration = None
         if precision == "int8":
-            x_cal, _ = decode_images(_spread(images.training, calibration_images, seed=1), description.preprocessing)
+            x_cal, _ = decode_images(
+                spread_records(images.training, calibration_images, seed=1), description.preprocessing
+            )
             calibration = x_cal
-            description = description.with_(calibration={
-                "images": len(x_cal), "source": "run training split",
-                "method": "TensorFlow Lite post-training int8, per-channel weights, MinMax; everything up to the "
-                          "first convolution and after the last one stays float"})
-        info["metadata"] = {"labels": "labels.txt (TENSOR_AXIS_LABELS on probabilities)",
-                            "description": "headstart.json", "normalization": "NormalizationOptions, pixel units"}
+            description = description.with_(
+                calibration={
+                    "images": len(x_cal),
+                    "source": "run training split",
+                    "method": "TensorFlow Lite post-training int8, per-channel weights, MinMax; everything up to the "
+                    "first convolution and after the last one stays float",
+                }
+            )
+        info["metadata"] = {
+            "labels": "labels.txt (TENSOR_AXIS_LABELS on probabilities)",
+            "description": "headstart.json",
+            "normalization": "NormalizationOptions, pixel units",
+        }
         description = description.with_(tensorflow=info)
         write_tflite(keras_model, staged, precision, description, calibration)
     return description
@@ -270,6 +302,17 @@ def is_saved_model(path: str | Path) -> bool:
     return (Path(path) / "saved_model.pb").is_file()
 
 
-__all__ = ["INSTALL_HINT", "TF_CHECK_RUNTIME", "TF_PRECISIONS", "TF_SUFFIX", "convert_tflite", "export_sha256",
-           "is_saved_model", "onnx_to_keras", "replace_export", "require_tf_export", "write_tf_export",
-           "write_tflite"]
+__all__ = [
+    "INSTALL_HINT",
+    "TF_CHECK_RUNTIME",
+    "TF_PRECISIONS",
+    "TF_SUFFIX",
+    "convert_tflite",
+    "export_sha256",
+    "is_saved_model",
+    "onnx_to_keras",
+    "replace_export",
+    "require_tf_export",
+    "write_tf_export",
+    "write_tflite",
+]

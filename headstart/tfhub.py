@@ -64,8 +64,10 @@ def apply_image_size(backbone: str, image_size: int | None) -> str:
     if image_size is None:
         return backbone
     if not is_tfhub(backbone):
-        raise UsageError(f"--image_size applies to TF Hub / SavedModel backbones, not {backbone}",
-                         hint="timm backbones use their pretrained input size; use --tfhub_module PATH --image_size N")
+        raise UsageError(
+            f"--image_size applies to TF Hub / SavedModel backbones, not {backbone}",
+            hint="timm backbones use their pretrained input size; use --tfhub_module PATH --image_size N",
+        )
     if image_size < 8 or image_size > 4096:
         raise UsageError(f"--image_size must be between 8 and 4096 pixels, got {image_size}")
     return tfhub_name(split_size(backbone)[0], image_size)
@@ -130,11 +132,14 @@ def download_module(module: str) -> Path:
     folder = cached_module_dir(url)
     if _is_downloaded(folder):
         return folder
-    hint = (f"connect to the internet once (the download is kept in {tfhub_cache_dir()}), or download the module "
-            "elsewhere and pass its SavedModel folder to --tfhub_module")
+    hint = (
+        f"connect to the internet once (the download is kept in {tfhub_cache_dir()}), or download the module "
+        "elsewhere and pass its SavedModel folder to --tfhub_module"
+    )
     if not _reachable(url):
-        raise OfflineError(f"TF Hub module {module} is not in TF Hub's cache and {urlparse(url).hostname} "
-                           "cannot be reached", hint=hint)
+        raise OfflineError(
+            f"TF Hub module {module} is not in TF Hub's cache and {urlparse(url).hostname} cannot be reached", hint=hint
+        )
     hub = import_tensorflow_hub()
     log.info("downloading %s into %s (once)", url, tfhub_cache_dir())
     previous = socket.getdefaulttimeout()
@@ -142,8 +147,11 @@ def download_module(module: str) -> Path:
     try:
         path = Path(hub.resolve(url))
     except Exception as exc:  # tensorflow_hub raises URLError, ValueError, OpError ...
-        raise OfflineError(f"cannot download TF Hub module {module}: {type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0] if str(exc) else ''}", hint=hint) from exc
+        raise OfflineError(
+            f"cannot download TF Hub module {module}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}",
+            hint=hint,
+        ) from exc
     finally:
         socket.setdefaulttimeout(previous)
     return path
@@ -204,23 +212,28 @@ def locate_module(module: str) -> Path:
     local = Path(module).expanduser()
     if local.is_dir():
         if not (local / "saved_model.pb").is_file():
-            hint = "TF1 Hub modules (tfhub_module.pb) are not supported: use the module's TF2 SavedModel version" \
-                if (local / "tfhub_module.pb").is_file() else "pass the folder that holds saved_model.pb"
+            hint = (
+                "TF1 Hub modules (tfhub_module.pb) are not supported: use the module's TF2 SavedModel version"
+                if (local / "tfhub_module.pb").is_file()
+                else "pass the folder that holds saved_model.pb"
+            )
             raise ModelError(f"{local} is not a TensorFlow SavedModel (no saved_model.pb)", hint=hint)
         return local.resolve()
     if is_handle(module):
         return download_module(module)
-    raise UsageError(f"--tfhub_module: no SavedModel folder {local}, and {module!r} is not a TF Hub URL or "
-                     "Kaggle handle",
-                     hint="pass a SavedModel folder, or e.g. "
-                          "https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5")
+    raise UsageError(
+        f"--tfhub_module: no SavedModel folder {local}, and {module!r} is not a TF Hub URL or Kaggle handle",
+        hint="pass a SavedModel folder, or e.g. "
+        "https://tfhub.dev/google/imagenet/mobilenet_v2_100_224/feature_vector/5",
+    )
 
 
 def resolve_tfhub_backbone(name: str, weights: str | Path | None = None) -> Backbone:
     """``tfhub:MODULE[@SIZE]`` -> a :class:`Backbone` whose fingerprint is the SavedModel's."""
     if weights is not None:
-        raise UsageError("--weights does not apply to a TF Hub module: its weights are in the SavedModel",
-                         hint="drop --weights")
+        raise UsageError(
+            "--weights does not apply to a TF Hub module: its weights are in the SavedModel", hint="drop --weights"
+        )
     module, size = split_size(name)
     require_extra()
     folder = locate_module(module)
@@ -228,25 +241,46 @@ def resolve_tfhub_backbone(name: str, weights: str | Path | None = None) -> Back
     fixed = signature.image_size
     shape = signature.input.shape or ()
     if fixed is None and len(shape) == 4 and None not in shape[1:3] and shape[1] != shape[2]:
-        raise ModelError(f"{module} takes {shape[1]}x{shape[2]} images; headstart feeds square ones",
-                         hint="export the module with a square or dynamic input size")
+        raise ModelError(
+            f"{module} takes {shape[1]}x{shape[2]} images; headstart feeds square ones",
+            hint="export the module with a square or dynamic input size",
+        )
     if fixed is not None and size is not None and size != fixed:
-        raise UsageError(f"{module} takes {fixed}x{fixed} images (its signature); --image_size {size} does not fit",
-                         hint=f"drop --image_size, or pass --image_size {fixed}")
+        raise UsageError(
+            f"{module} takes {fixed}x{fixed} images (its signature); --image_size {size} does not fit",
+            hint=f"drop --image_size, or pass --image_size {fixed}",
+        )
     if fixed is None and size is None:
-        raise UsageError(f"{module} has a dynamic input size: pass --image_size N (e.g. 224)",
-                         hint="the module's signature does not say which size it was trained on; its "
-                              "documentation does")
+        raise UsageError(
+            f"{module} has a dynamic input size: pass --image_size N (e.g. 224)",
+            hint="the module's signature does not say which size it was trained on; its documentation does",
+        )
     chosen = fixed or size
     assert chosen is not None  # one of the two, checked above
     shown = module if is_handle(module) else str(folder)
     canonical = tfhub_name(shown, None if fixed else chosen)
     out = signature.output.shape if signature.output is not None else None
     dim = out[1] if out is not None and len(out) == 2 else None
-    return Backbone(canonical, TIMM_NAME, preprocessing_for(chosen), folder,
-                    saved_model_fingerprint(folder, signature), dim)
+    return Backbone(
+        canonical, TIMM_NAME, preprocessing_for(chosen), folder, saved_model_fingerprint(folder, signature), dim
+    )
 
 
-__all__ = ["EXTRA_HINT", "PREFIX", "apply_image_size", "cached_module_dir", "download_module", "handle_url",
-           "is_handle", "is_tfhub", "locate_module", "preprocessing_for", "require_extra", "resolve_tfhub_backbone",
-           "saved_model_fingerprint", "split_size", "tfhub_cache_dir", "tfhub_name"]
+__all__ = [
+    "EXTRA_HINT",
+    "PREFIX",
+    "apply_image_size",
+    "cached_module_dir",
+    "download_module",
+    "handle_url",
+    "is_handle",
+    "is_tfhub",
+    "locate_module",
+    "preprocessing_for",
+    "require_extra",
+    "resolve_tfhub_backbone",
+    "saved_model_fingerprint",
+    "split_size",
+    "tfhub_cache_dir",
+    "tfhub_name",
+]

@@ -65,8 +65,9 @@ class _Head(torch.nn.Module):
 class TFHubClassifier(ClassifierModule):
     """The whole classifier for a SavedModel backbone: TensorFlow as the reference, composed ONNX as the graph."""
 
-    def __init__(self, backbone: Backbone, layers: list[tuple[np.ndarray, np.ndarray]],
-                 novelty: NoveltyScore | None) -> None:
+    def __init__(
+        self, backbone: Backbone, layers: list[tuple[np.ndarray, np.ndarray]], novelty: NoveltyScore | None
+    ) -> None:
         super().__init__(TensorFlowExtractor(load_module(backbone)), layers, novelty)
         self.backbone = backbone
         self.num_features = int(layers[0][0].shape[0])
@@ -83,19 +84,29 @@ class TFHubClassifier(ClassifierModule):
             names = description.output_names
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the tracer's warnings are about torch internals
-                torch.onnx.export(_Head(self).eval(), (torch.zeros(2, self.num_features),), str(head_path),
-                                  input_names=[FEATURES], output_names=names,
-                                  dynamic_axes={FEATURES: {0: "batch"}, **{n: {0: "batch"} for n in names}},
-                                  opset_version=OPSET, dynamo=False)
+                torch.onnx.export(
+                    _Head(self).eval(),
+                    (torch.zeros(2, self.num_features),),
+                    str(head_path),
+                    input_names=[FEATURES],
+                    output_names=names,
+                    dynamic_axes={FEATURES: {0: "batch"}, **{n: {0: "batch"} for n in names}},
+                    opset_version=OPSET,
+                    dynamo=False,
+                )
             backbone, head = onnx.load(str(backbone_path)), onnx.load(str(head_path))
         ir_version = max(backbone.ir_version, head.ir_version)
         backbone.ir_version = head.ir_version = ir_version
         # Node and tensor names of the two graphs must not collide; the graph's own inputs and outputs keep theirs.
         backbone = compose.add_prefix(backbone, "backbone/", rename_inputs=False, rename_outputs=False)
         head = compose.add_prefix(head, "head/", rename_inputs=False, rename_outputs=False)
-        merged = compose.merge_models(backbone, head, io_map=[(OUTPUT_NAME, FEATURES)],
-                                      producer_name="headstart", producer_version=description.provenance.get(
-                                          "headstart_version", ""))
+        merged = compose.merge_models(
+            backbone,
+            head,
+            io_map=[(OUTPUT_NAME, FEATURES)],
+            producer_name="headstart",
+            producer_version=description.provenance.get("headstart_version", ""),
+        )
         # One entry per domain: merge_models lists the default domain twice when one graph spells it "" and
         # the other leaves it unset, and ONNX Runtime's quantiser then finds no ai.onnx opset at all.
         versions: dict[str, int] = {}
@@ -119,8 +130,9 @@ class TFHubClassifier(ClassifierModule):
         return path
 
 
-def create_tfhub_classifier(backbone: Backbone, layers: list[tuple[np.ndarray, np.ndarray]],
-                            novelty: NoveltyScore | None = None) -> TFHubClassifier:
+def create_tfhub_classifier(
+    backbone: Backbone, layers: list[tuple[np.ndarray, np.ndarray]], novelty: NoveltyScore | None = None
+) -> TFHubClassifier:
     return TFHubClassifier(backbone, layers, novelty).eval().requires_grad_(False)
 
 

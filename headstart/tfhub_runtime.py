@@ -84,8 +84,9 @@ def import_tensorflow() -> Any:
         with quiet_native_logs():
             import tensorflow as tf
     except ImportError as exc:
-        raise UsageError(f"a TF Hub backbone needs TensorFlow, which cannot be imported ({exc})",
-                         hint=EXTRA_HINT) from exc
+        raise UsageError(
+            f"a TF Hub backbone needs TensorFlow, which cannot be imported ({exc})", hint=EXTRA_HINT
+        ) from exc
     return tf
 
 
@@ -102,12 +103,14 @@ def _call_module(tf: Any, loaded: Any, folder: Path) -> Callable[[Any], Any]:
     """``x [N, S, S, 3] float32 in [0, 1] -> [N, D]`` through the signature headstart reads."""
     signature = read_signature(folder)
     if signature.key == CALL:
+
         def call(x: Any) -> Any:
             try:
                 out = loaded(x, training=False)
             except (TypeError, ValueError):  # a module traced without a training argument
                 out = loaded(x)
             return _pick(out)
+
         return call
     function = loaded.signatures[signature.key]
     output = signature.output.name if signature.output is not None else None
@@ -115,6 +118,7 @@ def _call_module(tf: Any, loaded: Any, folder: Path) -> Callable[[Any], Any]:
     def call_signature(x: Any) -> Any:
         out = function(**{signature.input.name: x})
         return out[output] if output in out else _pick(out)
+
     return call_signature
 
 
@@ -138,17 +142,20 @@ def load_module(backbone: Backbone, *, imagenet: bool = False) -> LoadedModule:
         with quiet_native_logs():  # the first use of a device logs CUDA probing
             loaded = tf.saved_model.load(str(folder))
     except Exception as exc:  # TensorFlow raises many types for a broken or foreign folder
-        raise ModelError(f"TensorFlow cannot load {folder}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
-                         hint="check that it is a TF2 SavedModel") from exc
+        raise ModelError(
+            f"TensorFlow cannot load {folder}: {type(exc).__name__}: {str(exc).splitlines()[0]}",
+            hint="check that it is a TF2 SavedModel",
+        ) from exc
     call = _call_module(tf, loaded, folder)
     probabilities, classes = None, None
     if imagenet:
         probe = np.random.default_rng(0).random((2, size, size, 3), dtype=np.float32)
         out = np.asarray(call(tf.constant(probe)))
         if out.ndim != 2 or out.shape[1] not in IMAGENET_CLASSES:
-            raise ModelError(f"{backbone.name} returns {out.shape[-1]} values per image, not ImageNet's 1000 "
-                             "(or 1001) classes", hint="use a TF Hub classification module with --imagenet, "
-                                                       "or train a head on this feature vector")
+            raise ModelError(
+                f"{backbone.name} returns {out.shape[-1]} values per image, not ImageNet's 1000 (or 1001) classes",
+                hint="use a TF Hub classification module with --imagenet, or train a head on this feature vector",
+            )
         probabilities = bool(out.min() >= -1e-6 and np.allclose(out.sum(axis=1), 1.0, atol=1e-3))
         classes = out.shape[1]
 
@@ -164,8 +171,9 @@ def load_module(backbone: Backbone, *, imagenet: bool = False) -> LoadedModule:
     return LoadedModule(wrapped, loaded, probabilities)
 
 
-def create_tensorflow_runner(backbone: Backbone, *, imagenet: bool = False, module: LoadedModule | None = None,
-                             ) -> Runner:
+def create_tensorflow_runner(
+    backbone: Backbone, *, imagenet: bool = False, module: LoadedModule | None = None
+) -> Runner:
     """The module in TensorFlow itself (the fallback when it cannot be converted, and the export's reference)."""
     import_tensorflow()
     loaded = module or load_module(backbone, imagenet=imagenet)
@@ -210,8 +218,11 @@ def ensure_tfhub_onnx(backbone: Backbone, model_dir: Path, *, imagenet: bool = F
         except (OSError, ValueError):
             record = {}
         if record.get("tf2onnx") == version:
-            log.warning("%s could not be converted to ONNX earlier (%s): running it in TensorFlow",
-                        backbone.name, record.get("reason", "unknown reason"))
+            log.warning(
+                "%s could not be converted to ONNX earlier (%s): running it in TensorFlow",
+                backbone.name,
+                record.get("reason", "unknown reason"),
+            )
             return None
     module = load_module(backbone, imagenet=imagenet)
     log.info("converting %s to ONNX with tf2onnx (once per module) -> %s", backbone.name, path)
@@ -219,8 +230,9 @@ def ensure_tfhub_onnx(backbone: Backbone, model_dir: Path, *, imagenet: bool = F
         convert_to_onnx(module, path)
     except Exception as exc:  # tf2onnx fails in many ways on graphs it does not know
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        log.warning("tf2onnx could not convert %s (%s): running it in TensorFlow, which is slower",
-                    backbone.name, reason)
+        log.warning(
+            "tf2onnx could not convert %s (%s): running it in TensorFlow, which is slower", backbone.name, reason
+        )
         failed.parent.mkdir(parents=True, exist_ok=True)
         failed.write_text(json.dumps({"tf2onnx": version, "reason": reason}) + "\n")
         return None
@@ -244,8 +256,11 @@ def convert_to_onnx(module: LoadedModule, path: Path, *, probe_images: np.ndarra
     try:
         with quiet_native_logs():  # grappler's session start-up lines
             tf2onnx.convert.from_function(module.function, input_signature=[spec], opset=OPSET, output_path=tmp)
-        images = probe_images if probe_images is not None else \
-            np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+        images = (
+            probe_images
+            if probe_images is not None
+            else np.random.default_rng(0).integers(0, 256, (2, size, size, 3), dtype=np.uint8)
+        )
         expected = np.asarray(module.function(images)[OUTPUT_NAME], dtype=np.float32)
         session = ort.InferenceSession(tmp, providers=["CPUExecutionProvider"])
         got = session.run(None, {session.get_inputs()[0].name: images})[0]
@@ -263,8 +278,9 @@ def convert_to_onnx(module: LoadedModule, path: Path, *, probe_images: np.ndarra
     return path
 
 
-def create_tfhub_runner(backbone: Backbone, choice: RuntimeChoice, model_dir: Path, *, imagenet: bool = False,
-                        threads: int | None = None) -> Runner:
+def create_tfhub_runner(
+    backbone: Backbone, choice: RuntimeChoice, model_dir: Path, *, imagenet: bool = False, threads: int | None = None
+) -> Runner:
     """The runner :func:`headstart.runtimes.create_runner` returns for a SavedModel backbone."""
     if choice.runtime in ONNX_RUNTIMES:
         path = ensure_tfhub_onnx(backbone, model_dir, imagenet=imagenet)
@@ -273,13 +289,24 @@ def create_tfhub_runner(backbone: Backbone, choice: RuntimeChoice, model_dir: Pa
 
             return create_file_runner(path, choice, threads)
     else:
-        log.info("%s is a TensorFlow SavedModel, with no PyTorch form: --runtime %s runs it in TensorFlow",
-                 backbone.name, choice.runtime)
+        log.info(
+            "%s is a TensorFlow SavedModel, with no PyTorch form: --runtime %s runs it in TensorFlow",
+            backbone.name,
+            choice.runtime,
+        )
     return create_tensorflow_runner(backbone, imagenet=imagenet)
 
 
-__all__ = ["LoadedModule", "convert_to_onnx", "create_tensorflow_runner", "create_tfhub_runner", "ensure_tfhub_onnx",
-           "import_tensorflow", "load_module", "onnx_path"]
+__all__ = [
+    "LoadedModule",
+    "convert_to_onnx",
+    "create_tensorflow_runner",
+    "create_tfhub_runner",
+    "ensure_tfhub_onnx",
+    "import_tensorflow",
+    "load_module",
+    "onnx_path",
+]
 
 
 def count_backbone_cost(backbone: Backbone, choice: RuntimeChoice, model_dir: Path) -> tuple[int, int, int]:
@@ -293,14 +320,21 @@ def count_backbone_cost(backbone: Backbone, choice: RuntimeChoice, model_dir: Pa
 
     path = ensure_tfhub_onnx(backbone, model_dir)
     if path is None:
-        raise ModelError(f"cannot count the cost of {backbone.name}: tf2onnx could not convert it",
-                         hint="compare measures converted backbones; train with it directly instead")
+        raise ModelError(
+            f"cannot count the cost of {backbone.name}: tf2onnx could not convert it",
+            hint="compare measures converted backbones; train with it directly instead",
+        )
     model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in [*model.graph.value_info, *model.graph.output, *model.graph.input]}
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*model.graph.value_info, *model.graph.output, *model.graph.input]
+    }
     weights = {i.name: list(i.dims) for i in model.graph.initializer}
-    params = sum(int(np.prod(d)) for i, d in zip(model.graph.initializer, weights.values())
-                 if i.data_type == onnx.TensorProto.FLOAT and d)
+    params = sum(
+        int(np.prod(d))
+        for i, d in zip(model.graph.initializer, weights.values())
+        if i.data_type == onnx.TensorProto.FLOAT and d
+    )
     macs = 0
     for node in model.graph.node:
         out = shapes.get(node.output[0], [])[1:]  # without the batch dimension

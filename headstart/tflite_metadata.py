@@ -145,25 +145,39 @@ def build_metadata(meta: ClassifierMetadata) -> bytes:
     image_content = h.table(3, {1: image_props}, {0: _IMAGE_PROPERTIES})  # Content: type 0, value 1
     norm = h.table(2, {0: h.floats(meta.mean), 1: h.floats(meta.std)})  # NormalizationOptions: mean 0, std 1
     unit = h.table(2, {1: norm}, {0: _NORMALIZATION_OPTIONS})  # ProcessUnit: options_type 0, options 1
-    image = h.table(7, {0: s("image"), 1: s(meta.input_description), 3: image_content,
-                        4: h.offsets([unit]), 5: stats([0.0], [255.0])})
+    image = h.table(
+        7,
+        {0: s("image"), 1: s(meta.input_description), 3: image_content, 4: h.offsets([unit]), 5: stats([0.0], [255.0])},
+    )
     outputs = []
     for i, (name, description) in enumerate(meta.output_descriptions):
         feature = h.table(3, {1: h.table(0)}, {0: _FEATURE_PROPERTIES})
         slots = {0: s(name), 1: s(description), 3: feature}
         if i == 0:  # the probabilities: the labels along their last axis, values in [0, 1]
             slots[5] = stats([0.0], [1.0])
-            slots[6] = h.offsets([associated_file(LABELS_FILE, "Labels for the probabilities, one per line",
-                                                  _TENSOR_AXIS_LABELS)])
+            slots[6] = h.offsets(
+                [associated_file(LABELS_FILE, "Labels for the probabilities, one per line", _TENSOR_AXIS_LABELS)]
+            )
         outputs.append(h.table(7, slots))
-    described = associated_file(DESCRIPTION_FILE, "headstart export description: labels, preprocessing, "
-                                "provenance (JSON)", _DESCRIPTIONS)
+    described = associated_file(
+        DESCRIPTION_FILE, "headstart export description: labels, preprocessing, provenance (JSON)", _DESCRIPTIONS
+    )
     # SubGraphMetadata: name 0, input_tensor_metadata 2, output_tensor_metadata 3, associated_files 4
-    subgraph = h.table(10, {0: s("image_classifier"), 2: h.offsets([image]), 3: h.offsets(outputs),
-                            4: h.offsets([described])})
+    subgraph = h.table(
+        10, {0: s("image_classifier"), 2: h.offsets([image]), 3: h.offsets(outputs), 4: h.offsets([described])}
+    )
     # ModelMetadata: name 0, description 1, version 2, subgraph_metadata 3, author 4, min_parser_version 7
-    root = h.table(8, {0: s(meta.name), 1: s(meta.description), 2: s(meta.version), 3: h.offsets([subgraph]),
-                       4: s(meta.author), 7: s(MIN_PARSER_VERSION)})
+    root = h.table(
+        8,
+        {
+            0: s(meta.name),
+            1: s(meta.description),
+            2: s(meta.version),
+            3: h.offsets([subgraph]),
+            4: s(meta.author),
+            7: s(MIN_PARSER_VERSION),
+        },
+    )
     b.Finish(root, file_identifier=METADATA_IDENTIFIER)
     return bytes(b.Output())
 
@@ -184,7 +198,7 @@ class _AlignedBuffer:
             raw = bytes(memoryview(data)) if not hasattr(data, "tobytes") else data.tobytes()
             builder.StartVector(1, len(raw), 16)
             builder.head = builder.Head() - len(raw)
-            builder.Bytes[builder.Head():builder.Head() + len(raw)] = raw
+            builder.Bytes[builder.Head() : builder.Head() + len(raw)] = raw
             builder.vectorNumElems = len(raw)
             vector = builder.EndVector()
         schema.BufferStart(builder)
@@ -209,8 +223,10 @@ def populate(model: bytes, meta: ClassifierMetadata, output_names: Sequence[str]
         signature = tree.signatureDefs[0]
         by_name = {m.name.decode() if isinstance(m.name, bytes) else m.name: m.tensorIndex for m in signature.outputs}
         if set(output_names) != set(by_name):
-            raise ModelError(f"the converted model's outputs are {sorted(by_name)}, expected {list(output_names)}",
-                             hint="report this: the TFLite converter changed its output naming")
+            raise ModelError(
+                f"the converted model's outputs are {sorted(by_name)}, expected {list(output_names)}",
+                hint="report this: the TFLite converter changed its output naming",
+            )
         graph.outputs = [by_name[n] for n in output_names]
         for name, index in by_name.items():
             graph.tensors[index].name = name
@@ -227,8 +243,10 @@ def populate(model: bytes, meta: ClassifierMetadata, output_names: Sequence[str]
     builder = flatbuffers.Builder(len(model) + 65536)
     builder.Finish(tree.Pack(builder), file_identifier=MODEL_IDENTIFIER)
     out = io.BytesIO(bytes(builder.Output()))
-    files = {LABELS_FILE: "".join(f"{label}\n" for label in meta.labels).encode("utf-8"),
-             DESCRIPTION_FILE: json.dumps(meta.export_description, indent=1, sort_keys=True).encode("utf-8")}
+    files = {
+        LABELS_FILE: "".join(f"{label}\n" for label in meta.labels).encode("utf-8"),
+        DESCRIPTION_FILE: json.dumps(meta.export_description, indent=1, sort_keys=True).encode("utf-8"),
+    }
     with zipfile.ZipFile(out, "a", compression=zipfile.ZIP_STORED) as archive:  # appended after the flatbuffer
         for name, data in files.items():
             archive.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)  # same bytes every time
@@ -290,7 +308,7 @@ def _metadata_buffer(model: bytes) -> bytes | None:
         if entry.Name() == METADATA_NAME.encode():
             buffer = tree.Buffers(entry.Buffer())
             if buffer.Offset() > 1:  # stored after the flatbuffer (models over 2 GB)
-                return model[buffer.Offset():buffer.Offset() + buffer.Size()]
+                return model[buffer.Offset() : buffer.Offset() + buffer.Size()]
             return buffer.DataAsNumpy().tobytes()
     return None
 
@@ -325,8 +343,9 @@ def read_metadata(path: str | Path) -> ModelMetadataInfo:
                 options = r.table(unit, 1)
                 mean, std = r.floats(options, 0), r.floats(options, 1)
         st = r.table(t, 5)
-        return TensorInfo(r.string(t, 0), r.string(t, 1), content, color, mean, std,
-                          r.floats(st, 1), r.floats(st, 0), files_of(t, 6))
+        return TensorInfo(
+            r.string(t, 0), r.string(t, 1), content, color, mean, std, r.floats(st, 1), r.floats(st, 0), files_of(t, 6)
+        )
 
     subgraphs = r.tables(root, 3)
     if not subgraphs:
@@ -336,11 +355,17 @@ def read_metadata(path: str | Path) -> ModelMetadataInfo:
     if zipfile.is_zipfile(io.BytesIO(model)):
         with zipfile.ZipFile(io.BytesIO(model)) as z:
             archive = {name: z.read(name) for name in z.namelist()}
-    return ModelMetadataInfo(name=r.string(root, 0), description=r.string(root, 1), version=r.string(root, 2),
-                             author=r.string(root, 4), min_parser_version=r.string(root, 7),
-                             inputs=tuple(tensor(t) for t in r.tables(sub, 2)),
-                             outputs=tuple(tensor(t) for t in r.tables(sub, 3)),
-                             subgraph_files=files_of(sub, 4), files=archive)
+    return ModelMetadataInfo(
+        name=r.string(root, 0),
+        description=r.string(root, 1),
+        version=r.string(root, 2),
+        author=r.string(root, 4),
+        min_parser_version=r.string(root, 7),
+        inputs=tuple(tensor(t) for t in r.tables(sub, 2)),
+        outputs=tuple(tensor(t) for t in r.tables(sub, 3)),
+        subgraph_files=files_of(sub, 4),
+        files=archive,
+    )
 
 
 def read_embedded_description(path: str | Path) -> dict[str, Any] | None:

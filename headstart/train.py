@@ -36,6 +36,7 @@ from .stream_head import StreamingHead, calibrate_streaming, extract_to_stores, 
 
 log = logging.getLogger("headstart")
 
+
 @dataclass(frozen=True)
 class RetrainResult:
     run_dir: Path
@@ -101,10 +102,19 @@ def run_doctor(config: RetrainConfig) -> tuple[str, dict[str, Any]]:
     from .doctor import doctor
     from .doctor_results import summary_line
 
-    report = doctor(config.image_dir, bottleneck_dir=config.bottleneck_dir, backbone=config.backbone,
-                    weights=config.weights, crop_pct=config.crop_pct, runtime=config.runtime,
-                    precision=config.precision, validation_percentage=config.validation_percentage,
-                    testing_percentage=config.testing_percentage, workers=config.workers, seed=config.seed)
+    report = doctor(
+        config.image_dir,
+        bottleneck_dir=config.bottleneck_dir,
+        backbone=config.backbone,
+        weights=config.weights,
+        crop_pct=config.crop_pct,
+        runtime=config.runtime,
+        precision=config.precision,
+        validation_percentage=config.validation_percentage,
+        testing_percentage=config.testing_percentage,
+        workers=config.workers,
+        seed=config.seed,
+    )
     summary = {"summary": summary_line(report), **report.summary()}
     return json.dumps(report.to_dict(), indent=2, default=str) + "\n", summary
 
@@ -117,10 +127,19 @@ def warn_if_imbalanced(labels: Sequence[str], y_train: np.ndarray, class_weights
     counts = np.bincount(y_train, minlength=len(labels))
     big, small = int(counts.argmax()), int(counts.argmin())
     if counts[small] and counts[big] / counts[small] > IMBALANCE_WARNING_RATIO:
-        how = ("each class is drawn equally often per batch (--class_weights balanced)" if class_weights == "balanced"
-               else "images are drawn uniformly (--class_weights none), so the big class dominates")
-        log.warning("classes are imbalanced: %s has %d training images, %s only %d; %s", labels[big],
-                    counts[big], labels[small], counts[small], how)
+        how = (
+            "each class is drawn equally often per batch (--class_weights balanced)"
+            if class_weights == "balanced"
+            else "images are drawn uniformly (--class_weights none), so the big class dominates"
+        )
+        log.warning(
+            "classes are imbalanced: %s has %d training images, %s only %d; %s",
+            labels[big],
+            counts[big],
+            labels[small],
+            counts[small],
+            how,
+        )
 
 
 def _sample_test(n: int, test_batch_size: int, seed: int) -> np.ndarray:
@@ -131,8 +150,9 @@ def _sample_test(n: int, test_batch_size: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=test_batch_size, replace=False))
 
 
-def extract_bottlenecks(records: Sequence[ImageRecord], backbone: Backbone, cache: BottleneckCache,
-                        config: RetrainConfig, **overrides: Any) -> Bottlenecks:
+def extract_bottlenecks(
+    records: Sequence[ImageRecord], backbone: Backbone, cache: BottleneckCache, config: RetrainConfig, **overrides: Any
+) -> Bottlenecks:
     return compute_bottlenecks(records, backbone, cache, **{**config.extraction_params(), **overrides})
 
 
@@ -156,17 +176,26 @@ def split_bottlenecks(labels: Sequence[str], bottlenecks: Bottlenecks) -> dict[s
         splits[split] = (records, vectors, np.array([ids[r.label] for r in records], dtype=np.int64))
     missing = [label for label in labels if not np.any(splits["training"][2] == ids[label])]
     if missing:
-        raise DataError(f"class {missing[0]!r} has no usable training image",
-                        hint="add images to it, or lower --testing_percentage/--validation_percentage")
+        raise DataError(
+            f"class {missing[0]!r} has no usable training image",
+            hint="add images to it, or lower --testing_percentage/--validation_percentage",
+        )
     if len(splits["testing"][2]) == 0:
-        raise DataError("no usable test image: the test split is empty",
-                        hint="raise --testing_percentage or add images")
+        raise DataError(
+            "no usable test image: the test split is empty", hint="raise --testing_percentage or add images"
+        )
     return splits
 
 
-def add_distorted_copies(config: RetrainConfig, records: Sequence[ImageRecord], x_train: np.ndarray,
-                         y_train: np.ndarray, backbone: Backbone, runtime: RuntimeChoice | None,
-                         label_ids: dict[str, int]) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+def add_distorted_copies(
+    config: RetrainConfig,
+    records: Sequence[ImageRecord],
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    backbone: Backbone,
+    runtime: RuntimeChoice | None,
+    label_ids: dict[str, int],
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """The training set plus ``distorted_copies`` distorted copies of every training image.
 
     Each copy's bottlenecks are cached like undistorted ones, so a second run
@@ -177,15 +206,14 @@ def add_distorted_copies(config: RetrainConfig, records: Sequence[ImageRecord], 
     counts = {"copies": config.distorted_copies, "computed": 0, "cached": 0}
     with open_cache(config.bottleneck_dir) as cache:
         for copy in range(config.distorted_copies):
-            result = extract_bottlenecks(records, backbone, cache, config, runtime=runtime or config.runtime,
-                                         distortion=config.distortion(copy))
+            result = extract_bottlenecks(
+                records, backbone, cache, config, runtime=runtime or config.runtime, distortion=config.distortion(copy)
+            )
             xs.append(result.vectors)
             ys.append(np.array([label_ids[r.label] for r in result.records], dtype=np.int64))
             counts["computed"] += result.computed
             counts["cached"] += result.cached
     return np.concatenate(xs), np.concatenate(ys), counts
-
-
 
 
 def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None = None) -> RetrainResult:
@@ -201,19 +229,26 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
     # Past --max_memory the vectors go to stores on disk and the head reads a batch at a time (stream_head).
     streaming = needs_streaming(len(index.records), backbone.num_features, config.max_memory)
     if streaming and config.distortion().active:
-        raise UsageError("distortions need the training vectors in memory, and these exceed --max_memory",
-                         hint="raise --max_memory, or drop the distortion flags")
+        raise UsageError(
+            "distortions need the training vectors in memory, and these exceed --max_memory",
+            hint="raise --max_memory, or drop the distortion flags",
+        )
     with open_cache(config.bottleneck_dir) as cache:
-        bottlenecks = (extract_to_stores(index.records, backbone, cache, config) if streaming
-                       else extract_bottlenecks(index.records, backbone, cache, config))
+        bottlenecks = (
+            extract_to_stores(index.records, backbone, cache, config)
+            if streaming
+            else extract_bottlenecks(index.records, backbone, cache, config)
+        )
     skipped = tuple(index.skipped) + bottlenecks.skipped
     if skipped and config.strict:
         # Name every one, so one run finds them all.
         for item in skipped:
             log.warning("cannot use %s: %s", item.path, item.reason)
         first = skipped[0]
-        raise DataError(f"--strict: {len(skipped)} image(s) could not be used, e.g. {first.path}: {first.reason}",
-                        hint="fix or remove the files listed above, or drop --strict to skip them")
+        raise DataError(
+            f"--strict: {len(skipped)} image(s) could not be used, e.g. {first.path}: {first.reason}",
+            hint="fix or remove the files listed above, or drop --strict to skip them",
+        )
     bottleneck_s = time.perf_counter() - start
 
     label_ids = {label: i for i, label in enumerate(index.labels)}
@@ -223,28 +258,37 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
 
     distorted: dict[str, int] | None = None
     if config.distortion().active:
-        x_train, y_train, distorted = add_distorted_copies(config, train_records, x_train, y_train, backbone,
-                                                           bottlenecks.runtime, label_ids)
+        x_train, y_train, distorted = add_distorted_copies(
+            config, train_records, x_train, y_train, backbone, bottlenecks.runtime, label_ids
+        )
         bottleneck_s = time.perf_counter() - start
 
     warn_if_imbalanced(index.labels, y_train, config.class_weights)
     train_start = time.perf_counter()
     steps = config.training_steps(len(y_train))
     if steps > config.how_many_training_steps:
-        log.info("Training for %d steps: %d passes over %d images (--min_epochs)", steps, config.min_epochs,
-                 len(y_train))
-    head = (StreamingHead(n_classes=len(index.labels), **config.head_params(len(y_train))) if streaming
-            else build_head(config, len(index.labels), len(y_train)))
+        log.info(
+            "Training for %d steps: %d passes over %d images (--min_epochs)", steps, config.min_epochs, len(y_train)
+        )
+    head = (
+        StreamingHead(n_classes=len(index.labels), **config.head_params(len(y_train)))
+        if streaming
+        else build_head(config, len(index.labels), len(y_train))
+    )
     head.fit(x_train, y_train, x_val if len(y_val) else None, y_val if len(y_val) else None, callback=on_step)
     train_s = time.perf_counter() - train_start
     # Divergence is the head's one warning line; a rate that is too high but stays finite is ours.
-    lr_warning = None if head.diverged_ else learning_rate_warning(
-        [asdict(step) for step in head.history_], len(index.labels), config.learning_rate)
+    lr_warning = (
+        None
+        if head.diverged_
+        else learning_rate_warning([asdict(step) for step in head.history_], len(index.labels), config.learning_rate)
+    )
     if lr_warning:
         log.warning("%s", lr_warning)
 
-    novelty = (calibrate_streaming if streaming else calibrate_head)(head, x_train, y_train, x_val, y_val,
-                                                                      config.unknown_accept)
+    novelty = (calibrate_streaming if streaming else calibrate_head)(
+        head, x_train, y_train, x_val, y_val, config.unknown_accept
+    )
 
     test_records, x_test, y_test = splits["testing"]
     chosen = _sample_test(len(y_test), config.test_batch_size, config.seed)
@@ -259,20 +303,30 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
     metrics: dict[str, Any] = {
         "test": test.to_dict(),
         "validation": {"accuracy": val_acc, "n": int(len(y_val))},
-        "training": {"n": int(len(y_train)), "final": asdict(head.history_[-1]) if head.history_ else None,
-                     "diverged": bool(head.diverged_), "steps_run": int(head.n_steps_run_), "streamed": streaming,
-                     **({"warning": lr_warning} if lr_warning else {})},
+        "training": {
+            "n": int(len(y_train)),
+            "final": asdict(head.history_[-1]) if head.history_ else None,
+            "diverged": bool(head.diverged_),
+            "steps_run": int(head.n_steps_run_),
+            "streamed": streaming,
+            **({"warning": lr_warning} if lr_warning else {}),
+        },
         "timing": timing,
         "bottlenecks": {"computed": bottlenecks.computed, "cached": bottlenecks.cached, "skipped": len(skipped)},
         "skipped": [{"path": _relative(item.path, index.root), "reason": item.reason} for item in skipped],
         **({"distorted_bottlenecks": distorted} if distorted else {}),
-        "misclassified": [{"path": m.relpath, "label": m.true_label, "predicted": m.predicted_label,
-                           "score": round(m.score, 6)} for m in misclassified],
+        "misclassified": [
+            {"path": m.relpath, "label": m.true_label, "predicted": m.predicted_label, "score": round(m.score, 6)}
+            for m in misclassified
+        ],
         **calibration_report(head, novelty, x_test[chosen], y_test[chosen]),
         "history": [asdict(step) for step in head.history_],
         "splits": {s: int(len(splits[s][2])) for s in splits},
-        "data": {"image_dir": str(index.root), "testing_percentage": config.testing_percentage,
-                 "validation_percentage": config.validation_percentage},
+        "data": {
+            "image_dir": str(index.root),
+            "testing_percentage": config.testing_percentage,
+            "validation_percentage": config.validation_percentage,
+        },
     }
     tensors, head_config = head.to_state()
     novelty_tensors, head_config["novelty"] = novelty.to_state()
@@ -289,18 +343,55 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
     if config.write_report:
         from .report import render_run_report
 
-        extra["report.html"] = render_run_report(metrics=metrics, labels=index.labels, image_root=index.root,
-                                                 backbone=backbone.describe(), hyperparameters=config.hyperparameters())
-    save_bundle(run_dir, labels=index.labels,
-                backbone=BackboneRecord.from_dict({**backbone.describe(), "runtime": choice.runtime if choice else None,
-                                                   "precision": choice.precision if choice else None}),
-                preprocessing=backbone.preprocessing, head_tensors=tensors, head_config=head_config,
-                hyperparameters=config.hyperparameters(), metrics=metrics, extra_files=extra,
-                data=DataRecord(str(index.root), config.testing_percentage, config.validation_percentage),
-                output_labels=config.output_labels)
-    return RetrainResult(run_dir, index.labels, test, val_acc, int(len(y_val)), timing, metrics["bottlenecks"],
-                         misclassified, tuple(head.history_), skipped, bool(head.diverged_), metrics)
+        extra["report.html"] = render_run_report(
+            metrics=metrics,
+            labels=index.labels,
+            image_root=index.root,
+            backbone=backbone.describe(),
+            hyperparameters=config.hyperparameters(),
+        )
+    save_bundle(
+        run_dir,
+        labels=index.labels,
+        backbone=BackboneRecord.from_dict(
+            {
+                **backbone.describe(),
+                "runtime": choice.runtime if choice else None,
+                "precision": choice.precision if choice else None,
+            }
+        ),
+        preprocessing=backbone.preprocessing,
+        head_tensors=tensors,
+        head_config=head_config,
+        hyperparameters=config.hyperparameters(),
+        metrics=metrics,
+        extra_files=extra,
+        data=DataRecord(str(index.root), config.testing_percentage, config.validation_percentage),
+        output_labels=config.output_labels,
+    )
+    return RetrainResult(
+        run_dir,
+        index.labels,
+        test,
+        val_acc,
+        int(len(y_val)),
+        timing,
+        metrics["bottlenecks"],
+        misclassified,
+        tuple(head.history_),
+        skipped,
+        bool(head.diverged_),
+        metrics,
+    )
 
 
-__all__ = ["RETRAIN_PY_RECIPE", "Misclassified", "RetrainConfig", "RetrainResult", "build_head", "find_misclassified",
-           "retrain", "split_bottlenecks"]
+__all__ = [
+    "RETRAIN_PY_RECIPE",
+    "Misclassified",
+    "RetrainConfig",
+    "RetrainResult",
+    "build_head",
+    "find_misclassified",
+    "retrain",
+    "split_bottlenecks",
+]

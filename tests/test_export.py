@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headstart.errors import DataError, ModelError, UsageError
 from headstart.bench import format_bench_rows
-from headstart.export import compare, export_model, fold_head
+from headstart.errors import DataError, ModelError, UsageError
+from headstart.export import export_model, fold_head
+from headstart.export_check import compare
 
 
 def test_fold_head_matches_the_numpy_head():
@@ -96,8 +97,9 @@ def test_exported_onnx_outputs_probabilities(exported_onnx, photos):
 
     info = read_model_info(exported_onnx.path)
     session = ort.InferenceSession(str(exported_onnx.path), providers=["CPUExecutionProvider"])
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     images = []
     for array in photos.values():

@@ -23,6 +23,21 @@ from .extract import (
 from .model import bench_model, format_bench_rows
 from .timing import Timing, time_calls
 
-__all__ = ["DEFAULT_SECONDS", "Ceiling", "EndToEnd", "ExtractBench", "Machine", "Timing", "bench_extract",
-           "bench_model", "ceiling_choices", "describe_machine", "format_bench_rows", "format_extract_bench",
-           "list_image_records", "measure_ceiling", "sample_batch", "time_calls"]
+__all__ = [
+    "DEFAULT_SECONDS",
+    "Ceiling",
+    "EndToEnd",
+    "ExtractBench",
+    "Machine",
+    "Timing",
+    "bench_extract",
+    "bench_model",
+    "ceiling_choices",
+    "describe_machine",
+    "format_bench_rows",
+    "format_extract_bench",
+    "list_image_records",
+    "measure_ceiling",
+    "sample_batch",
+    "time_calls",
+]

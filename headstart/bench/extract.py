@@ -125,8 +125,13 @@ def describe_machine() -> Machine:
         import torch
 
         gpu = torch.cuda.get_device_name(0)
-    return Machine(cpu=cpu, cores=os.cpu_count() or 1, python=platform.python_version(),
-                   platform=platform.platform(terse=True), gpu=gpu)
+    return Machine(
+        cpu=cpu,
+        cores=os.cpu_count() or 1,
+        python=platform.python_version(),
+        platform=platform.platform(terse=True),
+        gpu=gpu,
+    )
 
 
 def list_image_records(image_dir: Path, *, limit: int | None = None, workers: int = 4) -> list[ImageRecord]:
@@ -145,8 +150,9 @@ def list_image_records(image_dir: Path, *, limit: int | None = None, workers: in
         raise DataError(f"no images in {root}", hint=f"add images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     with ThreadPoolExecutor(max_workers=workers) as pool:
         digests = list(pool.map(sha256_file, paths))
-    return [ImageRecord(p, p.relative_to(root).as_posix(), p.parent.name, "training", d)
-            for p, d in zip(paths, digests)]
+    return [
+        ImageRecord(p, p.relative_to(root).as_posix(), p.parent.name, "training", d) for p, d in zip(paths, digests)
+    ]
 
 
 def sample_batch(records: Sequence[ImageRecord], prep: Any, batch_size: int) -> np.ndarray:
@@ -166,8 +172,9 @@ def sample_batch(records: Sequence[ImageRecord], prep: Any, batch_size: int) -> 
     return np.stack(images)
 
 
-def measure_ceiling(runner: Runner, batch: np.ndarray, *, seconds: float = DEFAULT_SECONDS,
-                    warmup: int = 2) -> tuple[float, int, float]:
+def measure_ceiling(
+    runner: Runner, batch: np.ndarray, *, seconds: float = DEFAULT_SECONDS, warmup: int = 2
+) -> tuple[float, int, float]:
     """``(images/s, batches, seconds)`` of ``runner`` on one preloaded batch, repeated."""
     timing = time_calls(lambda: runner(batch), seconds=seconds, repeats=2, warmup=warmup)
     return timing.calls_per_s * len(batch), timing.calls, timing.total_s
@@ -189,13 +196,24 @@ def _peak_rss_mb(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024.0  # kilobytes on Linux
 
 
-def bench_extract(image_dir: str | Path, *, backbone: str = "efficientnet_lite0", weights: Path | None = None,
-                  crop_pct: float | None = 1.0, runtime: str = "auto", precision: str = "auto",
-                  ceilings: Sequence[str] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
-                  workers: int | None = None,
-                  decode: str = "auto", limit: int | None = None, seconds: float = DEFAULT_SECONDS,
-                  model_dir: Path | None = None, compile: bool = False,
-                  progress: bool = False) -> ExtractBench:
+def bench_extract(
+    image_dir: str | Path,
+    *,
+    backbone: str = "efficientnet_lite0",
+    weights: Path | None = None,
+    crop_pct: float | None = 1.0,
+    runtime: str = "auto",
+    precision: str = "auto",
+    ceilings: Sequence[str] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+    decode: str = "auto",
+    limit: int | None = None,
+    seconds: float = DEFAULT_SECONDS,
+    model_dir: Path | None = None,
+    compile: bool = False,
+    progress: bool = False,
+) -> ExtractBench:
     """Measure the model-only ceilings, the end-to-end rate and their ratio, in one run.
 
     ``ceilings`` lists ``runtime`` or ``runtime-precision`` names to measure
@@ -211,8 +229,9 @@ def bench_extract(image_dir: str | Path, *, backbone: str = "efficientnet_lite0"
     from ..runtimes import create_runner, resolve_runtime
 
     if batch_size < 1:
-        raise UsageError(f"batch size must be positive, got {batch_size}",
-                         hint=f"e.g. --batch_size {DEFAULT_BATCH_SIZE}")
+        raise UsageError(
+            f"batch size must be positive, got {batch_size}", hint=f"e.g. --batch_size {DEFAULT_BATCH_SIZE}"
+        )
     resolved = resolve_backbone(backbone, weights=weights, crop_pct=crop_pct)
     prep = resolved.preprocessing
     model_dir = Path(model_dir) if model_dir is not None else models_dir()
@@ -251,8 +270,17 @@ def bench_extract(image_dir: str | Path, *, backbone: str = "efficientnet_lite0"
 
     with tempfile.TemporaryDirectory(prefix="headstart-bench-") as tmp, BottleneckCache(tmp) as cache:
         t0 = time.perf_counter()
-        result = compute_bottlenecks(records, resolved, cache, runtime=choice, batch_size=batch_size,
-                                     workers=workers, progress=progress, runner=main_runner, decode=decode)
+        result = compute_bottlenecks(
+            records,
+            resolved,
+            cache,
+            runtime=choice,
+            batch_size=batch_size,
+            workers=workers,
+            progress=progress,
+            runner=main_runner,
+            decode=decode,
+        )
         seconds_e2e = time.perf_counter() - t0
 
     for c in wanted:
@@ -263,13 +291,33 @@ def bench_extract(image_dir: str | Path, *, backbone: str = "efficientnet_lite0"
     measure(choice, main_runner)
 
     n = result.computed + len(result.skipped)
-    end_to_end = EndToEnd(choice.runtime, choice.precision, result.computed, len(result.skipped), seconds_e2e,
-                          n / seconds_e2e, index_seconds, model_seconds, batch_size, workers, decode,
-                          _peak_rss_mb(resource.RUSAGE_SELF), _peak_rss_mb(resource.RUSAGE_CHILDREN))
+    end_to_end = EndToEnd(
+        choice.runtime,
+        choice.precision,
+        result.computed,
+        len(result.skipped),
+        seconds_e2e,
+        n / seconds_e2e,
+        index_seconds,
+        model_seconds,
+        batch_size,
+        workers,
+        decode,
+        _peak_rss_mb(resource.RUSAGE_SELF),
+        _peak_rss_mb(resource.RUSAGE_CHILDREN),
+    )
     ordered = tuple(results[c] for c in wanted)
     best = max(ordered, key=lambda c: c.images_per_s)
-    return ExtractBench(Path(image_dir), resolved.name, prep.input_size, describe_machine(), ordered, end_to_end,
-                        best, end_to_end.images_per_s / best.images_per_s)
+    return ExtractBench(
+        Path(image_dir),
+        resolved.name,
+        prep.input_size,
+        describe_machine(),
+        ordered,
+        end_to_end,
+        best,
+        end_to_end.images_per_s / best.images_per_s,
+    )
 
 
 def _parse_choice(text: str) -> RuntimeChoice:
@@ -283,19 +331,25 @@ def format_extract_bench(result: ExtractBench) -> str:
     """The plain-text report of ``headstart bench extract``."""
     m = result.machine
     e = result.end_to_end
-    lines = [f"Machine: {m.cpu}, {m.cores} cores" + (f", {m.gpu}" if m.gpu else ""),
-             f"Backbone: {result.backbone} ({result.input_size} px), batch {e.batch_size}",
-             "", "Model-only ceiling (decoded images in memory):"]
+    lines = [
+        f"Machine: {m.cpu}, {m.cores} cores" + (f", {m.gpu}" if m.gpu else ""),
+        f"Backbone: {result.backbone} ({result.input_size} px), batch {e.batch_size}",
+        "",
+        "Model-only ceiling (decoded images in memory):",
+    ]
     width = max(len(c.key) for c in result.ceilings)
     for c in result.ceilings:
         mark = "  <- best" if c is result.best else ""
         lines.append(f"  {c.key.ljust(width)}  {c.images_per_s:8.1f} images/s{mark}")
-    lines += ["", f"End to end from files, cold cache ({e.runtime}-{e.precision}, {e.workers} decode {e.decode}):",
-              f"  {e.images} images in {e.seconds:.1f}s = {e.images_per_s:.1f} images/s"
-              + (f" ({e.skipped} skipped)" if e.skipped else ""),
-              f"  (indexing and hashing {e.index_seconds:.2f}s, loading the model {e.model_seconds:.2f}s,"
-              " not included)",
-              f"  peak memory: {e.peak_rss_mb:.0f} MB" + (f" (+ decoders {e.peak_rss_children_mb:.0f} MB)"
-                                                         if e.peak_rss_children_mb else ""),
-              "", f"Ratio end-to-end / best ceiling: {result.ratio:.2f}"]
+    lines += [
+        "",
+        f"End to end from files, cold cache ({e.runtime}-{e.precision}, {e.workers} decode {e.decode}):",
+        f"  {e.images} images in {e.seconds:.1f}s = {e.images_per_s:.1f} images/s"
+        + (f" ({e.skipped} skipped)" if e.skipped else ""),
+        f"  (indexing and hashing {e.index_seconds:.2f}s, loading the model {e.model_seconds:.2f}s, not included)",
+        f"  peak memory: {e.peak_rss_mb:.0f} MB"
+        + (f" (+ decoders {e.peak_rss_children_mb:.0f} MB)" if e.peak_rss_children_mb else ""),
+        "",
+        f"Ratio end-to-end / best ceiling: {result.ratio:.2f}",
+    ]
     return "\n".join(lines)

@@ -21,19 +21,9 @@ import numpy as np
 from ..bundle import Bundle, load_bundle
 from ..data import ImageRecord, Preprocessing, index_image_dir
 from ..errors import DataError, HeadstartError, UsageError
-from ..export import (
-    DEFAULT_CALIBRATION_IMAGES,
-    MAX_CHECK_IMAGES,
-    CheckImages,
-    _spread,
-    _write_onnx,
-    create_classifier,
-    decode_images,
-    describe_export,
-    find_check_images,
-    predict,
-    quantize_int8,
-)
+from ..export import DEFAULT_CALIBRATION_IMAGES, create_classifier, describe_export
+from ..export_check import MAX_CHECK_IMAGES, CheckImages, decode_images, find_check_images, predict, spread_records
+from ..export_convert import quantize_int8, write_onnx
 from ..runtimes import Runner, RuntimeChoice, create_session_runner
 from .timing import time_calls
 
@@ -59,12 +49,15 @@ class _Candidate:
 def _measure(runner: Runner, x: np.ndarray, repeats: int = LATENCY_REPEATS) -> dict[str, float]:
     """Batch-1 latency p50/p90 (ms) over distinct images, and batch-32 throughput (images/s)."""
     runner(x[:1])  # warm up: lazy allocations, kernel selection
-    ones = iter([x[i % len(x):i % len(x) + 1] for i in range(repeats)])
+    ones = iter([x[i % len(x) : i % len(x) + 1] for i in range(repeats)])
     latency = time_calls(lambda: runner(next(ones)), repeats=repeats, warmup=0)
     batch = np.resize(x, (THROUGHPUT_BATCH, *x.shape[1:])) if len(x) < THROUGHPUT_BATCH else x[:THROUGHPUT_BATCH]
     throughput = time_calls(lambda: runner(batch), repeats=THROUGHPUT_BATCHES, warmup=1)
-    return {"latency_p50_ms": round(latency.p50_ms, 3), "latency_p90_ms": round(latency.p90_ms, 3),
-            "throughput_ips": round(throughput.calls_per_s * THROUGHPUT_BATCH, 1)}
+    return {
+        "latency_p50_ms": round(latency.p50_ms, 3),
+        "latency_p90_ms": round(latency.p90_ms, 3),
+        "throughput_ips": round(throughput.calls_per_s * THROUGHPUT_BATCH, 1),
+    }
 
 
 def _torch_importable() -> bool:
@@ -81,9 +74,15 @@ def _session(path: Path, runtime: str, precision: str) -> Callable[[], Runner]:
     return lambda: create_session_runner(path, RuntimeChoice(runtime, precision))
 
 
-def _bench_candidates(bundle: Bundle | None, exported: Path | None, exported_format: str | None,
-                      training: Sequence[ImageRecord], prep: Preprocessing, workdir: Path,
-                      wanted: Sequence[str]) -> list[_Candidate]:
+def _bench_candidates(
+    bundle: Bundle | None,
+    exported: Path | None,
+    exported_format: str | None,
+    training: Sequence[ImageRecord],
+    prep: Preprocessing,
+    workdir: Path,
+    wanted: Sequence[str],
+) -> list[_Candidate]:
     from ..runtimes import cpu_has_native_bf16, cuda_available
 
     found: list[_Candidate] = []
@@ -106,6 +105,7 @@ def _bench_candidates(bundle: Bundle | None, exported: Path | None, exported_for
             from ..runtimes.torch_runner import create_torch_runner
 
             return create_torch_runner(copy.deepcopy(module()), choice, compile=compiled)
+
         return create
 
     if have_torch and "torch" in wanted:
@@ -114,8 +114,14 @@ def _bench_candidates(bundle: Bundle | None, exported: Path | None, exported_for
     if gpu and "cuda" in wanted:
         found.append(_Candidate("cuda", "fp32", "PyTorch", torch_factory(RuntimeChoice("cuda", "fp32"))))
         found.append(_Candidate("cuda", "fp16", "PyTorch channels-last", torch_factory(RuntimeChoice("cuda", "fp16"))))
-        found.append(_Candidate("cuda", "fp16", "PyTorch channels-last + torch.compile",
-                                torch_factory(RuntimeChoice("cuda", "fp16"), compiled=True)))
+        found.append(
+            _Candidate(
+                "cuda",
+                "fp16",
+                "PyTorch channels-last + torch.compile",
+                torch_factory(RuntimeChoice("cuda", "fp16"), compiled=True),
+            )
+        )
 
     # ONNX files: the given export, or fp32 and int8 built from the run for this benchmark.
     files: list[tuple[Path, str, str]] = []  # (path, format, precision)
@@ -128,10 +134,10 @@ def _bench_candidates(bundle: Bundle | None, exported: Path | None, exported_for
 
         backbone = resolve_model_backbone(bundle)
         description = describe_export(bundle, backbone, "onnx", "fp32")
-        fp32 = _write_onnx(module(), workdir / "model-fp32.onnx", prep.input_size, description)
+        fp32 = write_onnx(module(), workdir / "model-fp32.onnx", prep.input_size, description)
         files.append((fp32, "onnx", "fp32"))
         if training:
-            x_cal, _ = decode_images(_spread(training, DEFAULT_CALIBRATION_IMAGES, seed=1), prep)
+            x_cal, _ = decode_images(spread_records(training, DEFAULT_CALIBRATION_IMAGES, seed=1), prep)
             files.append((quantize_int8(fp32, workdir / "model-int8.onnx", x_cal), "onnx", "int8"))
 
     import importlib.util
@@ -156,16 +162,18 @@ def _bench_candidates(bundle: Bundle | None, exported: Path | None, exported_for
         from ..runtimes.tensorrt import build_engine, create_engine_runner
 
         def trt_fp16() -> Runner:
-            engine = build_engine(onnx_fp32, workdir / "model-fp16.engine", input_size=prep.input_size,
-                                  precision="fp16")
+            engine = build_engine(
+                onnx_fp32, workdir / "model-fp16.engine", input_size=prep.input_size, precision="fp16"
+            )
             return create_engine_runner(engine)
 
         found.append(_Candidate("tensorrt", "fp16", "engine from model-fp32.onnx", trt_fp16))
     return found
 
 
-def bench_model(model: Path, *, image_dir: Path | None = None, runtimes: Sequence[str] | None = None,
-                progress: bool = True) -> list[dict]:
+def bench_model(
+    model: Path, *, image_dir: Path | None = None, runtimes: Sequence[str] | None = None, progress: bool = True
+) -> list[dict]:
     """Each available runtime and precision side by side: batch-1 latency, batch-32 throughput, test accuracy.
 
     ``model`` is a run directory (PyTorch eager fp32 is the reference; fp32 and
@@ -200,10 +208,12 @@ def bench_model(model: Path, *, image_dir: Path | None = None, runtimes: Sequenc
         images = CheckImages(index.root, "--image_dir", index.split("testing"), ())
     else:
         images = CheckImages(None, "none", (), (), "no run directory to find test images in")
-    test = _spread(images.test, MAX_CHECK_IMAGES)
+    test = spread_records(images.test, MAX_CHECK_IMAGES)
     if not test:
-        raise DataError(f"no test images to benchmark on: {images.note or 'none found'}",
-                        hint="pass --image_dir with labelled images (one folder per label)")
+        raise DataError(
+            f"no test images to benchmark on: {images.note or 'none found'}",
+            hint="pass --image_dir with labelled images (one folder per label)",
+        )
     x, test = decode_images(test, prep)
     y = np.array([labels.index(r.label) for r in test], dtype=np.int64)
     rows: list[dict] = []
@@ -213,15 +223,19 @@ def bench_model(model: Path, *, image_dir: Path | None = None, runtimes: Sequenc
         for number, cand in enumerate(candidates, 1):
             if progress:
                 log.info("[%d/%d] %s %s (%s)", number, len(candidates), cand.runtime, cand.precision, cand.model)
-            row: dict[str, Any] = {"runtime": cand.runtime, "precision": cand.precision, "model": cand.model,
-                                   "n": int(len(x))}
+            row: dict[str, Any] = {
+                "runtime": cand.runtime,
+                "precision": cand.precision,
+                "model": cand.model,
+                "n": int(len(x)),
+            }
             try:
                 t0 = time.perf_counter()
                 runner = cand.create()
                 runner(x[:1])
                 row["setup_s"] = round(time.perf_counter() - t0, 2)
                 row.update(_measure(runner, x))
-                proba = predict(runner, x)[:, :len(labels)]  # an ood_score column may follow
+                proba = predict(runner, x)[:, : len(labels)]  # an ood_score column may follow
                 row["accuracy"] = round(float(np.mean(proba.argmax(1) == y)), 4)
                 if cand.runtime == "torch" and reference is None:
                     reference = proba
@@ -241,10 +255,17 @@ def bench_model(model: Path, *, image_dir: Path | None = None, runtimes: Sequenc
 
 def format_bench_rows(rows: Sequence[dict]) -> str:
     """The benchmark as a plain-text table, one row per runtime and precision."""
-    columns = [("runtime", "runtime", "l"), ("precision", "precision", "l"), ("model", "model", "l"),
-               ("latency_p50_ms", "b1 p50 ms", "r"), ("latency_p90_ms", "b1 p90 ms", "r"),
-               ("latency_speedup", "vs eager", "r"), ("throughput_ips", "b32 img/s", "r"),
-               ("accuracy", "accuracy %", "r"), ("agreement", "agrees %", "r")]
+    columns = [
+        ("runtime", "runtime", "l"),
+        ("precision", "precision", "l"),
+        ("model", "model", "l"),
+        ("latency_p50_ms", "b1 p50 ms", "r"),
+        ("latency_p90_ms", "b1 p90 ms", "r"),
+        ("latency_speedup", "vs eager", "r"),
+        ("throughput_ips", "b32 img/s", "r"),
+        ("accuracy", "accuracy %", "r"),
+        ("agreement", "agrees %", "r"),
+    ]
 
     def cell(row: dict, key: str) -> str:
         value = row.get(key)
@@ -262,13 +283,16 @@ def format_bench_rows(rows: Sequence[dict]) -> str:
     widths = [max([len(title)] + [len(t[i]) for t in table]) for i, (_, title, _) in enumerate(columns)]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if a == "r" else v.ljust(w)
-                         for v, w, (_, _, a) in zip(values, widths, columns)).rstrip()
+        return "  ".join(
+            v.rjust(w) if a == "r" else v.ljust(w) for v, w, (_, _, a) in zip(values, widths, columns)
+        ).rstrip()
 
     lines = [line([title for _, title, _ in columns]), line(["-" * w for w in widths]), *map(line, table)]
     errors = [f"{r['runtime']} {r['precision']}: {r['error']}" for r in rows if r.get("error")]
     n = next((r["n"] for r in rows if r.get("n")), 0)
-    lines.append(f"\nbatch-1 latency over {LATENCY_REPEATS} images, batch-{THROUGHPUT_BATCH} throughput, "
-                 f"accuracy on {n} test images; 'agrees' = same top-1 label as PyTorch eager fp32.")
+    lines.append(
+        f"\nbatch-1 latency over {LATENCY_REPEATS} images, batch-{THROUGHPUT_BATCH} throughput, "
+        f"accuracy on {n} test images; 'agrees' = same top-1 label as PyTorch eager fp32."
+    )
     lines += [f"failed: {e}" for e in errors]
     return "\n".join(lines)

@@ -44,8 +44,9 @@ class Timing:
         return 1000 * float(np.percentile(np.asarray(self.seconds), 90))
 
 
-def time_calls(call: Callable[[], Any], *, seconds: float | None = None, repeats: int | None = None,
-               warmup: int = 1) -> Timing:
+def time_calls(
+    call: Callable[[], Any], *, seconds: float | None = None, repeats: int | None = None, warmup: int = 1
+) -> Timing:
     """Call ``call()`` ``warmup`` times untimed, then time calls until at least ``repeats`` calls
     *and* at least ``seconds`` seconds are done.
 

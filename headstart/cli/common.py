@@ -34,11 +34,16 @@ def flag(parser: argparse.ArgumentParser | Any, name: str, *aliases: str, **kwar
     return parser.add_argument(*names, **kwargs)
 
 
-def add_command(sub: Any, name: str, help: str, example: str,
-                description: str | None = None) -> argparse.ArgumentParser:
-    parser = sub.add_parser(name, help=help, description=description or help,
-                            epilog="example:\n" + "\n".join("  " + line for line in example.strip().splitlines()),
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_command(
+    sub: Any, name: str, help: str, example: str, description: str | None = None
+) -> argparse.ArgumentParser:
+    parser = sub.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        epilog="example:\n" + "\n".join("  " + line for line in example.strip().splitlines()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more detail (debug logs)")
     return parser

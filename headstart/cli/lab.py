@@ -42,11 +42,20 @@ def _add_common(p: argparse.ArgumentParser, *, backbone: bool = True) -> None:
     add_runtime_flags(p)
     setting_flag(p, "seed", help="first random seed; repeat r uses seed + r (default: %(default)s)")
     # Experiments look for the step where validation stopped improving, so they measure more often.
-    setting_flag(p, "eval_step_interval", default=EXPERIMENT_EVAL_STEP_INTERVAL,
-                 help="measure validation accuracy every N steps (default: %(default)s)")
+    setting_flag(
+        p,
+        "eval_step_interval",
+        default=EXPERIMENT_EVAL_STEP_INTERVAL,
+        help="measure validation accuracy every N steps (default: %(default)s)",
+    )
     add_format(p, ("table", "json", "csv"))
-    flag(p, "--output_dir", type=Path, default=None,
-         help="also write JSON, CSV, a PNG plot and a self-contained HTML page here")
+    flag(
+        p,
+        "--output_dir",
+        type=Path,
+        default=None,
+        help="also write JSON, CSV, a PNG plot and a self-contained HTML page here",
+    )
 
 
 def _settings(args: argparse.Namespace, *, backbone: bool = True) -> dict[str, Any]:
@@ -54,9 +63,14 @@ def _settings(args: argparse.Namespace, *, backbone: bool = True) -> dict[str, A
     if backbone:
         require_path(args.weights, "--weights", "file")
     settings: dict[str, Any] = {
-        "bottleneck_dir": args.bottleneck_dir, "crop_pct": args.crop_pct, "runtime": args.runtime,
-        "precision": args.precision, "seed": args.seed, "eval_step_interval": args.eval_step_interval,
-        "testing_percentage": args.testing_percentage, "validation_percentage": args.validation_percentage,
+        "bottleneck_dir": args.bottleneck_dir,
+        "crop_pct": args.crop_pct,
+        "runtime": args.runtime,
+        "precision": args.precision,
+        "seed": args.seed,
+        "eval_step_interval": args.eval_step_interval,
+        "testing_percentage": args.testing_percentage,
+        "validation_percentage": args.validation_percentage,
         "progress": not args.quiet,
     }
     if backbone:
@@ -89,8 +103,9 @@ def _show(value: Any) -> Any:
     return "DIVERGED" if value is True else "" if value is False else value
 
 
-def _write_outputs(out_dir: Path | None, name: str, payload: Any, rows: Sequence[Mapping[str, Any]],
-                   png: bytes | None, page: str) -> None:
+def _write_outputs(
+    out_dir: Path | None, name: str, payload: Any, rows: Sequence[Mapping[str, Any]], png: bytes | None, page: str
+) -> None:
     if out_dir is None:
         return
     import json
@@ -112,15 +127,24 @@ def _command_line() -> str:
 
 
 def _register_sweep(sub: Any) -> None:
-    p = add_command(sub, "sweep", "train a grid of heads on cached bottlenecks and compare them",
-                    "headstart sweep --image_dir demo --learning_rate 0.001,0.01,0.1,1.0 --train_batch_size 4,32,100\n"
-                    "headstart sweep --image_dir demo --optimizer sgd,adam --repeats 3 --format csv > sweep.csv\n"
-                    "headstart sweep --image_dir demo --hidden_units 0,256 --dropout 0,0.3 --output_dir lab/sweep")
+    p = add_command(
+        sub,
+        "sweep",
+        "train a grid of heads on cached bottlenecks and compare them",
+        "headstart sweep --image_dir demo --learning_rate 0.001,0.01,0.1,1.0 --train_batch_size 4,32,100\n"
+        "headstart sweep --image_dir demo --optimizer sgd,adam --repeats 3 --format csv > sweep.csv\n"
+        "headstart sweep --image_dir demo --hidden_units 0,256 --dropout 0,0.3 --output_dir lab/sweep",
+    )
     _add_common(p)
     add_training_flags(p, list_type=comma_list)
     flag(p, "--repeats", type=int, default=1, help="seeds per cell, averaged (default: %(default)s)")
-    flag(p, "--validation_batch_size", type=int, default=-1,
-         help="validation images per evaluation, -1 for all (default: %(default)s)")
+    flag(
+        p,
+        "--validation_batch_size",
+        type=int,
+        default=-1,
+        help="validation images per evaluation, -1 for all (default: %(default)s)",
+    )
     p.set_defaults(handler=run_sweep)
 
 
@@ -130,27 +154,56 @@ def run_sweep(args: argparse.Namespace) -> int:
     from ..plots import plot_sweep
 
     grid = {name: getattr(args, name) for name in SWEEPABLE}
-    result = sweep(args.image_dir, grid, repeats=args.repeats, validation_batch_size=args.validation_batch_size,
-                   **_settings(args))
+    result = sweep(
+        args.image_dir, grid, repeats=args.repeats, validation_batch_size=args.validation_batch_size, **_settings(args)
+    )
     swept = list(result.swept)
     fixed = [k for k in SWEEPABLE if k not in swept]
-    columns = swept + ["test_accuracy", "validation_accuracy", "macro_precision", "macro_recall", "cross_entropy",
-                       "train_s", "best_step", "diverged"]
+    columns = swept + [
+        "test_accuracy",
+        "validation_accuracy",
+        "macro_precision",
+        "macro_recall",
+        "cross_entropy",
+        "train_s",
+        "best_step",
+        "diverged",
+    ]
     _emit(args, result.rows, columns)
     if args.format == "table":
         first = result.rows[0]
-        print(f"\n{len(result.rows)} cells x {result.repeats} repeats in {result.seconds:.1f}s "
-              f"(bottlenecks: {result.features['bottlenecks_cached']} cached, "
-              f"{result.features['bottlenecks_computed']} computed); fixed: "
-              + ", ".join(f"{k}={first[k]}" for k in fixed))
+        print(
+            f"\n{len(result.rows)} cells x {result.repeats} repeats in {result.seconds:.1f}s "
+            f"(bottlenecks: {result.features['bottlenecks_cached']} cached, "
+            f"{result.features['bottlenecks_computed']} computed); fixed: "
+            + ", ".join(f"{k}={first[k]}" for k in fixed)
+        )
         if any(r["diverged"] for r in result.rows):
             print("DIVERGED: the loss became NaN or infinite; the scores are those of the last finite weights.")
-    payload = {"rows": list(result.rows), "swept": swept, "repeats": result.repeats, "features": result.features,
-               "seconds": round(result.seconds, 3), "command": _command_line()}
+    payload = {
+        "rows": list(result.rows),
+        "swept": swept,
+        "repeats": result.repeats,
+        "features": result.features,
+        "seconds": round(result.seconds, 3),
+        "command": _command_line(),
+    }
     if args.output_dir is not None:
-        _write_outputs(args.output_dir, "sweep", payload, result.rows, plot_sweep(result.rows, swept),
-                       render_sweep_report(result.rows, swept, features=result.features, repeats=result.repeats,
-                                           seconds=result.seconds, command=_command_line()))
+        _write_outputs(
+            args.output_dir,
+            "sweep",
+            payload,
+            result.rows,
+            plot_sweep(result.rows, swept),
+            render_sweep_report(
+                result.rows,
+                swept,
+                features=result.features,
+                repeats=result.repeats,
+                seconds=result.seconds,
+                command=_command_line(),
+            ),
+        )
     return 0
 
 
@@ -168,14 +221,23 @@ def _sizes(text: str) -> list[Any]:
 
 
 def _register_curve(sub: Any) -> None:
-    p = add_command(sub, "curve", "test accuracy against the number of training images per class",
-                    "headstart curve --image_dir demo --images_per_class 1,2,5,10,20,50,100,all --repeats 5\n"
-                    "headstart curve --image_dir demo --format json --output_dir lab/curve")
+    p = add_command(
+        sub,
+        "curve",
+        "test accuracy against the number of training images per class",
+        "headstart curve --image_dir demo --images_per_class 1,2,5,10,20,50,100,all --repeats 5\n"
+        "headstart curve --image_dir demo --format json --output_dir lab/curve",
+    )
     _add_common(p)
     add_training_flags(p)
-    flag(p, "--images_per_class", type=_sizes, default=_sizes("1,2,5,10,20,50,100,all"),
-         help="training images per class to try, comma-separated; 'all' is the whole training split "
-              "(default: 1,2,5,10,20,50,100,all)")
+    flag(
+        p,
+        "--images_per_class",
+        type=_sizes,
+        default=_sizes("1,2,5,10,20,50,100,all"),
+        help="training images per class to try, comma-separated; 'all' is the whole training split "
+        "(default: 1,2,5,10,20,50,100,all)",
+    )
     flag(p, "--repeats", type=int, default=5, help="random samples per point (default: %(default)s)")
     p.set_defaults(handler=run_curve)
 
@@ -185,20 +247,52 @@ def run_curve(args: argparse.Namespace) -> int:
     from ..lab_report import render_curve_report
     from ..plots import plot_curve
 
-    training = {k: getattr(args, k) for k in ("how_many_training_steps", "learning_rate", "optimizer",
-                                              "train_batch_size", "hidden_units", "dropout", "weight_decay")}
+    training = {
+        k: getattr(args, k)
+        for k in (
+            "how_many_training_steps",
+            "learning_rate",
+            "optimizer",
+            "train_batch_size",
+            "hidden_units",
+            "dropout",
+            "weight_decay",
+        )
+    }
     result = curve(args.image_dir, args.images_per_class, repeats=args.repeats, **training, **_settings(args))
-    _emit(args, result.rows, ["images_per_class", "n_train", "accuracy_mean", "accuracy_std", "accuracy_min",
-                              "accuracy_max", "n_test"])
+    _emit(
+        args,
+        result.rows,
+        ["images_per_class", "n_train", "accuracy_mean", "accuracy_std", "accuracy_min", "accuracy_max", "n_test"],
+    )
     if args.format == "table":
-        print(f"\n{result.repeats} repeats per point in {result.seconds:.1f}s; the test split is fixed "
-              f"({result.rows[0]['n_test']} images).")
-    payload = {"rows": list(result.rows), "repeats": result.repeats, "features": result.features,
-               "training": training, "seconds": round(result.seconds, 3), "command": _command_line()}
+        print(
+            f"\n{result.repeats} repeats per point in {result.seconds:.1f}s; the test split is fixed "
+            f"({result.rows[0]['n_test']} images)."
+        )
+    payload = {
+        "rows": list(result.rows),
+        "repeats": result.repeats,
+        "features": result.features,
+        "training": training,
+        "seconds": round(result.seconds, 3),
+        "command": _command_line(),
+    }
     if args.output_dir is not None:
-        _write_outputs(args.output_dir, "curve", payload, result.rows, plot_curve(result.rows),
-                       render_curve_report(result.rows, features=result.features, repeats=result.repeats,
-                                           seconds=result.seconds, command=_command_line()))
+        _write_outputs(
+            args.output_dir,
+            "curve",
+            payload,
+            result.rows,
+            plot_curve(result.rows),
+            render_curve_report(
+                result.rows,
+                features=result.features,
+                repeats=result.repeats,
+                seconds=result.seconds,
+                command=_command_line(),
+            ),
+        )
     return 0
 
 
@@ -206,17 +300,31 @@ def run_curve(args: argparse.Namespace) -> int:
 
 
 def _register_compare(sub: Any) -> None:
-    p = add_command(sub, "compare", "compare backbones: size, speed and accuracy on your images",
-                    "headstart compare --image_dir demo --backbones efficientnet_lite0,efficientnet_lite1,"
-                    "efficientnet_lite2\n"
-                    "headstart compare --image_dir flower_photos --backbones mobilenet_v3_large,inception_v3  "
-                    "# needs the download once")
+    p = add_command(
+        sub,
+        "compare",
+        "compare backbones: size, speed and accuracy on your images",
+        "headstart compare --image_dir demo --backbones efficientnet_lite0,efficientnet_lite1,"
+        "efficientnet_lite2\n"
+        "headstart compare --image_dir flower_photos --backbones mobilenet_v3_large,inception_v3  "
+        "# needs the download once",
+    )
     _add_common(p, backbone=False)
     add_training_flags(p)
-    flag(p, "--backbones", type=comma_list(str, "backbones"), required=True,
-         help="comma-separated backbone names ('headstart backbones' lists them; any timm model works online)")
-    flag(p, "--timing_seconds", type=float, default=1.0,
-         help="seconds spent timing each network's speed (default: %(default)s)")
+    flag(
+        p,
+        "--backbones",
+        type=comma_list(str, "backbones"),
+        required=True,
+        help="comma-separated backbone names ('headstart backbones' lists them; any timm model works online)",
+    )
+    flag(
+        p,
+        "--timing_seconds",
+        type=float,
+        default=1.0,
+        help="seconds spent timing each network's speed (default: %(default)s)",
+    )
     flag(p, "--no_timing", action="store_true", help="skip the speed, parameter and multiply-add measurements")
     p.set_defaults(handler=run_compare)
 
@@ -226,18 +334,58 @@ def run_compare(args: argparse.Namespace) -> int:
     from ..lab_report import render_compare_report
     from ..plots import plot_compare
 
-    training = {k: getattr(args, k) for k in ("how_many_training_steps", "learning_rate", "optimizer",
-                                              "train_batch_size", "hidden_units", "dropout", "weight_decay")}
-    result = compare(args.image_dir, args.backbones, measure_speed=not args.no_timing,
-                     timing_seconds=args.timing_seconds, **training, **_settings(args, backbone=False))
-    _emit(args, result.rows, ["backbone", "params_m", "gmacs", "bottleneck_size", "images_per_s", "latency_ms",
-                              "test_accuracy", "macro_precision", "runtime"])
-    payload = {"rows": list(result.rows), "training": result.training, "seconds": round(result.seconds, 3),
-               "command": _command_line()}
+    training = {
+        k: getattr(args, k)
+        for k in (
+            "how_many_training_steps",
+            "learning_rate",
+            "optimizer",
+            "train_batch_size",
+            "hidden_units",
+            "dropout",
+            "weight_decay",
+        )
+    }
+    result = compare(
+        args.image_dir,
+        args.backbones,
+        measure_speed=not args.no_timing,
+        timing_seconds=args.timing_seconds,
+        **training,
+        **_settings(args, backbone=False),
+    )
+    _emit(
+        args,
+        result.rows,
+        [
+            "backbone",
+            "params_m",
+            "gmacs",
+            "bottleneck_size",
+            "images_per_s",
+            "latency_ms",
+            "test_accuracy",
+            "macro_precision",
+            "runtime",
+        ],
+    )
+    payload = {
+        "rows": list(result.rows),
+        "training": result.training,
+        "seconds": round(result.seconds, 3),
+        "command": _command_line(),
+    }
     if args.output_dir is not None:
-        _write_outputs(args.output_dir, "compare", payload, result.rows, plot_compare(result.rows),
-                       render_compare_report(result.rows, training=result.training, seconds=result.seconds,
-                                             command=_command_line()))
+        _write_outputs(
+            args.output_dir,
+            "compare",
+            payload,
+            result.rows,
+            plot_compare(result.rows),
+            render_compare_report(
+                result.rows, training=result.training, seconds=result.seconds, command=_command_line()
+            ),
+        )
     return 0
 
 
@@ -245,12 +393,21 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def _register_report(sub: Any) -> None:
-    p = add_command(sub, "report", "rebuild report.html in a run directory",
-                    "headstart report runs/flowers\n"
-                    "headstart report runs/flowers --image_dir moved/flower_photos   # images moved since training")
+    p = add_command(
+        sub,
+        "report",
+        "rebuild report.html in a run directory",
+        "headstart report runs/flowers\n"
+        "headstart report runs/flowers --image_dir moved/flower_photos   # images moved since training",
+    )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory written by 'headstart retrain'")
-    flag(p, "--image_dir", type=Path, default=None,
-         help="where the training images are now (default: the folder recorded at training time)")
+    flag(
+        p,
+        "--image_dir",
+        type=Path,
+        default=None,
+        help="where the training images are now (default: the folder recorded at training time)",
+    )
     p.set_defaults(handler=run_report)
 
 

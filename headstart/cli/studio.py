@@ -11,16 +11,30 @@ from .common import add_command, flag
 
 
 def register(sub: Any) -> None:
-    p = add_command(sub, "studio", "a local web app: collect images (files, folders, webcam), train, inspect and fix "
-                                   "mistakes, try the model live, export it",
-                    "headstart studio --data_dir ~/studio --open\n"
-                    "headstart studio --data_dir datasets --port 8090   # each sub-folder of datasets/ is a project")
-    flag(p, "--data_dir", type=Path, default=Path("studio"),
-         help="folder of projects, each one a folder of class folders (default: ./studio, created if missing)")
+    p = add_command(
+        sub,
+        "studio",
+        "a local web app: collect images (files, folders, webcam), train, inspect and fix "
+        "mistakes, try the model live, export it",
+        "headstart studio --data_dir ~/studio --open\n"
+        "headstart studio --data_dir datasets --port 8090   # each sub-folder of datasets/ is a project",
+    )
+    flag(
+        p,
+        "--data_dir",
+        type=Path,
+        default=Path("studio"),
+        help="folder of projects, each one a folder of class folders (default: ./studio, created if missing)",
+    )
     flag(p, "--port", type=int, default=8080, help="port on 127.0.0.1 (default: %(default)s; 0 picks a free one)")
     flag(p, "--open", action="store_true", help="open the studio in the default web browser")
-    flag(p, "--bottleneck_dir", type=Path, default=None,
-         help="bottleneck cache (default: $HEADSTART_CACHE_DIR or ~/.cache/headstart, shared with retrain)")
+    flag(
+        p,
+        "--bottleneck_dir",
+        type=Path,
+        default=None,
+        help="bottleneck cache (default: $HEADSTART_CACHE_DIR or ~/.cache/headstart, shared with retrain)",
+    )
     flag(p, "--max_upload_mb", type=float, default=50.0, help="largest file an upload may hold (default: %(default)s)")
     p.set_defaults(handler=run_studio)
 
@@ -44,7 +58,8 @@ def run_studio(args: argparse.Namespace) -> int:
 
             webbrowser.open(url)
 
-    run_studio_server(data_dir, port=args.port, cache_dir=args.bottleneck_dir, max_upload_mb=args.max_upload_mb,
-                      on_listen=on_listen)
+    run_studio_server(
+        data_dir, port=args.port, cache_dir=args.bottleneck_dir, max_upload_mb=args.max_upload_mb, on_listen=on_listen
+    )
     print("stopped", file=sys.stderr)
     return 0

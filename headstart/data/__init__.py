@@ -27,7 +27,23 @@ from headstart.data.index import (
     which_split,
 )
 
-__all__ = ["DECODER_VERSION", "DEFAULT_MAX_PIXELS", "IMAGE_EXTENSIONS", "MAX_NUM_IMAGES_PER_CLASS",
-           "MIN_IMAGES_PER_CLASS", "SPLITS", "Distortion", "ImageIndex", "ImageRecord", "Preprocessing",
-           "SkippedImage", "find_images", "index_image_dir", "list_image_files", "load_image", "resize_center_crop",
-           "sha256_file", "which_split"]
+__all__ = [
+    "DECODER_VERSION",
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_EXTENSIONS",
+    "MAX_NUM_IMAGES_PER_CLASS",
+    "MIN_IMAGES_PER_CLASS",
+    "SPLITS",
+    "Distortion",
+    "ImageIndex",
+    "ImageRecord",
+    "Preprocessing",
+    "SkippedImage",
+    "find_images",
+    "index_image_dir",
+    "list_image_files",
+    "load_image",
+    "resize_center_crop",
+    "sha256_file",
+    "which_split",
+]

@@ -36,8 +36,18 @@ from headstart.progress import track
 
 log = logging.getLogger("headstart")
 
-FASHION_MNIST_LABELS = ("T-shirt_top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                        "Shirt", "Sneaker", "Bag", "Ankle_boot")
+FASHION_MNIST_LABELS = (
+    "T-shirt_top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle_boot",
+)
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 FASHION_MNIST_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 FLOWERS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
@@ -50,8 +60,7 @@ _CHUNK = 1 << 20
 _TIMEOUT_S = 30.0
 # What a failed download raises (urlopen wraps DNS/refused as URLError; reads raise the
 # rest; ValueError is a malformed URL). Disk errors are deliberately not in here.
-_NETWORK_ERRORS = (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException,
-                   ValueError)
+_NETWORK_ERRORS = (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException, ValueError)
 
 
 @dataclass(frozen=True)
@@ -133,24 +142,29 @@ def _read_idx(path: Path, magic: int) -> np.ndarray:
         with gzip.open(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError, zlib.error) as err:
-        raise DataError(f"Cannot read Fashion-MNIST file {path}: {err}",
-                        hint="delete it and run again to fetch a fresh copy") from err
+        raise DataError(
+            f"Cannot read Fashion-MNIST file {path}: {err}", hint="delete it and run again to fetch a fresh copy"
+        ) from err
     n_dims = 3 if magic == _IMAGES_MAGIC else 1
     header_len = 4 * (1 + n_dims)
     if len(raw) < header_len:
-        raise DataError(f"Fashion-MNIST file {path} is truncated ({len(raw)} bytes)",
-                        hint="delete it and run again to fetch a fresh copy")
+        raise DataError(
+            f"Fashion-MNIST file {path} is truncated ({len(raw)} bytes)",
+            hint="delete it and run again to fetch a fresh copy",
+        )
     header = np.frombuffer(raw, dtype=">u4", count=1 + n_dims)
     if int(header[0]) != magic:
-        raise DataError(f"Fashion-MNIST file {path} has magic number {int(header[0])}, expected {magic}",
-                        hint="is this the right file? images are *-images-idx3-ubyte.gz, "
-                             "labels *-labels-idx1-ubyte.gz")
+        raise DataError(
+            f"Fashion-MNIST file {path} has magic number {int(header[0])}, expected {magic}",
+            hint="is this the right file? images are *-images-idx3-ubyte.gz, labels *-labels-idx1-ubyte.gz",
+        )
     shape = tuple(int(d) for d in header[1:])
     expected = int(np.prod(shape))
     if len(raw) - header_len != expected:
-        raise DataError(f"Fashion-MNIST file {path} holds {len(raw) - header_len} data bytes, "
-                        f"its header promises {expected}",
-                        hint="the file is truncated or damaged; delete it and run again")
+        raise DataError(
+            f"Fashion-MNIST file {path} holds {len(raw) - header_len} data bytes, its header promises {expected}",
+            hint="the file is truncated or damaged; delete it and run again",
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(shape)
 
 
@@ -167,9 +181,10 @@ def _locate_fashion_mnist(split: str, source: str | Path | None, progress: bool)
         paths = [folder / n for n in names]
         for p in paths:
             if not p.is_file():
-                raise DataError(f"Fashion-MNIST file {p} not found",
-                                hint=f"the folder must hold {names[0]} and {names[1]} "
-                                     f"(from {FASHION_MNIST_URL})")
+                raise DataError(
+                    f"Fashion-MNIST file {p} not found",
+                    hint=f"the folder must hold {names[0]} and {names[1]} (from {FASHION_MNIST_URL})",
+                )
         return paths[0], paths[1], str(folder)
 
     if source is None:
@@ -194,7 +209,8 @@ def _locate_fashion_mnist(split: str, source: str | Path | None, progress: bool)
             raise OfflineError(
                 f"Fashion-MNIST is not installed and cannot be downloaded ({_reason(err)})",
                 hint=f"apt-get install dataset-fashion-mnist, or download the four .gz files "
-                     f"from {FASHION_MNIST_URL} and pass --source DIR") from err
+                f"from {FASHION_MNIST_URL} and pass --source DIR",
+            ) from err
     return cache / names[0], cache / names[1], base
 
 
@@ -209,9 +225,15 @@ def _save_png(path: Path, pixels: np.ndarray) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_fashion_mnist(out_dir: str | Path, *, per_class: int | None = None, split: str = "train",
-                        offset: int = 0, source: str | Path | None = None,
-                        progress: bool = False) -> DatasetInfo:
+def write_fashion_mnist(
+    out_dir: str | Path,
+    *,
+    per_class: int | None = None,
+    split: str = "train",
+    offset: int = 0,
+    source: str | Path | None = None,
+    progress: bool = False,
+) -> DatasetInfo:
     """Write Fashion-MNIST as ``out_dir/<label>/<split>_<index:05d>.png`` class folders.
 
     ``index`` is the image's position in the IDX file, so names are stable across runs
@@ -230,13 +252,17 @@ def write_fashion_mnist(out_dir: str | Path, *, per_class: int | None = None, sp
     images = _read_idx(images_path, _IMAGES_MAGIC)
     labels = _read_idx(labels_path, _LABELS_MAGIC)
     if images.shape[0] != labels.shape[0]:
-        raise DataError(f"Fashion-MNIST files disagree: {images_path} has {images.shape[0]} images, "
-                        f"{labels_path} has {labels.shape[0]} labels",
-                        hint="the two files come from different splits or one is damaged")
+        raise DataError(
+            f"Fashion-MNIST files disagree: {images_path} has {images.shape[0]} images, "
+            f"{labels_path} has {labels.shape[0]} labels",
+            hint="the two files come from different splits or one is damaged",
+        )
     if labels.size and int(labels.max()) >= len(FASHION_MNIST_LABELS):
-        raise DataError(f"Fashion-MNIST file {labels_path} holds label {int(labels.max())}; "
-                        f"only 0-{len(FASHION_MNIST_LABELS) - 1} exist",
-                        hint="is this really a Fashion-MNIST labels file?")
+        raise DataError(
+            f"Fashion-MNIST file {labels_path} holds label {int(labels.max())}; "
+            f"only 0-{len(FASHION_MNIST_LABELS) - 1} exist",
+            hint="is this really a Fashion-MNIST labels file?",
+        )
 
     out = Path(out_dir).expanduser()
     jobs: list[tuple[Path, int]] = []
@@ -246,16 +272,21 @@ def write_fashion_mnist(out_dir: str | Path, *, per_class: int | None = None, sp
         idx = np.flatnonzero(labels == class_id)[offset:]
         if per_class is not None:
             if len(idx) < per_class:
-                log.warning("Fashion-MNIST %s has only %d %s images after offset %d (asked for %d)",
-                            split, len(idx), name, offset, per_class)
+                log.warning(
+                    "Fashion-MNIST %s has only %d %s images after offset %d (asked for %d)",
+                    split,
+                    len(idx),
+                    name,
+                    offset,
+                    per_class,
+                )
             idx = idx[:per_class]
         jobs.extend((folder / f"{split}_{int(i):05d}.png", int(i)) for i in idx)
 
     todo = [(p, i) for p, i in jobs if not p.exists()]
     for path, i in track(todo, desc=f"Fashion-MNIST {split}", unit="img", enabled=progress):
         _save_png(path, images[i])
-    log.info("Fashion-MNIST %s: %d images in %s (%d new) from %s",
-             split, len(jobs), out, len(todo), where)
+    log.info("Fashion-MNIST %s: %d images in %s (%d new) from %s", split, len(jobs), out, len(todo), where)
     return DatasetInfo(path=out, labels=FASHION_MNIST_LABELS, n_images=len(jobs), source=where)
 
 
@@ -267,19 +298,25 @@ def _check_member(member: tarfile.TarInfo, dest: Path) -> None:
     name = member.name
     parts = PurePosixPath(name.replace("\\", "/")).parts
     if name.startswith(("/", "\\")) or (parts and ":" in parts[0]) or ".." in parts:
-        raise DataError(f"Refusing to extract archive member {name!r}: its path leaves the target folder",
-                        hint="the archive is not a plain data archive; check where it came from")
+        raise DataError(
+            f"Refusing to extract archive member {name!r}: its path leaves the target folder",
+            hint="the archive is not a plain data archive; check where it came from",
+        )
     if member.issym() or member.islnk():
         target = PurePosixPath(member.linkname)
         base = PurePosixPath(name).parent if member.issym() else PurePosixPath()
         resolved = os.path.normpath(dest / base / target)
         if target.is_absolute() or not Path(resolved).is_relative_to(dest):
-            raise DataError(f"Refusing to extract archive member {name!r}: it links to "
-                            f"{member.linkname!r}, outside the target folder",
-                            hint="the archive is not a plain data archive; check where it came from")
+            raise DataError(
+                f"Refusing to extract archive member {name!r}: it links to "
+                f"{member.linkname!r}, outside the target folder",
+                hint="the archive is not a plain data archive; check where it came from",
+            )
     elif not (member.isfile() or member.isdir()):
-        raise DataError(f"Refusing to extract archive member {name!r}: not a regular file or folder",
-                        hint="the archive is not a plain data archive; check where it came from")
+        raise DataError(
+            f"Refusing to extract archive member {name!r}: not a regular file or folder",
+            hint="the archive is not a plain data archive; check where it came from",
+        )
 
 
 def _extract_flowers(archive: Path, dest: Path) -> None:
@@ -290,25 +327,28 @@ def _extract_flowers(archive: Path, dest: Path) -> None:
             members = tar.getmembers()
             for m in members:
                 _check_member(m, dest)
-            keep = [m for m in members
-                    if PurePosixPath(m.name).parts[:1] == ("flower_photos",)
-                    and PurePosixPath(m.name) != PurePosixPath("flower_photos/LICENSE.txt")]
+            keep = [
+                m
+                for m in members
+                if PurePosixPath(m.name).parts[:1] == ("flower_photos",)
+                and PurePosixPath(m.name) != PurePosixPath("flower_photos/LICENSE.txt")
+            ]
             if hasattr(tarfile, "data_filter"):
                 tar.extractall(dest, members=keep, filter="data")
             else:  # Python < 3.10.12 / 3.11.4: our own checks above are the guard
                 tar.extractall(dest, members=keep)
     except (tarfile.TarError, EOFError, zlib.error) as err:
-        raise DataError(f"Cannot extract the flowers archive: {err}",
-                        hint="the download is damaged or not flower_photos.tgz; run again") from err
+        raise DataError(
+            f"Cannot extract the flowers archive: {err}",
+            hint="the download is damaged or not flower_photos.tgz; run again",
+        ) from err
 
 
 def _flowers_info(photos: Path, source: str) -> DatasetInfo:
     labels = tuple(sorted(d.name for d in photos.iterdir() if d.is_dir() and not d.name.startswith(".")))
     if not labels:
-        raise DataError(f"{photos} holds no class folders",
-                        hint="the archive is not flower_photos.tgz; check the URL")
-    n = sum(1 for label in labels for f in (photos / label).iterdir()
-            if f.suffix.lower() in IMAGE_EXTENSIONS)
+        raise DataError(f"{photos} holds no class folders", hint="the archive is not flower_photos.tgz; check the URL")
+    n = sum(1 for label in labels for f in (photos / label).iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
     return DatasetInfo(path=photos, labels=labels, n_images=n, source=source)
 
 
@@ -337,12 +377,14 @@ def download_flowers(out_dir: str | Path, *, url: str = FLOWERS_URL, progress: b
             raise OfflineError(
                 f"The flowers data set cannot be downloaded ({_reason(err)})",
                 hint=f"download {FLOWERS_URL} on a connected machine and pass its file:// URL, "
-                     "or extract it yourself and use --image_dir") from err
+                "or extract it yourself and use --image_dir",
+            ) from err
         staging.mkdir()
         _extract_flowers(archive, staging)
         if not (staging / "flower_photos").is_dir():
-            raise DataError(f"The archive at {url} has no flower_photos/ folder",
-                            hint="check the URL points at flower_photos.tgz")
+            raise DataError(
+                f"The archive at {url} has no flower_photos/ folder", hint="check the URL points at flower_photos.tgz"
+            )
         os.replace(staging / "flower_photos", photos)
     finally:
         archive.unlink(missing_ok=True)

@@ -270,8 +270,9 @@ def resize_center_crop(pixels: np.ndarray, prep: Preprocessing) -> np.ndarray:
     return np.array(resized[top : top + size, left : left + size])
 
 
-def _decode(source: Path | bytes, prep: Preprocessing, max_pixels: int,
-            distortion: Distortion | None = None, seed: str = "") -> np.ndarray:
+def _decode(
+    source: Path | bytes, prep: Preprocessing, max_pixels: int, distortion: Distortion | None = None, seed: str = ""
+) -> np.ndarray:
     img, payload = _open(source)
     with img:
         fmt = img.format or "image"
@@ -335,9 +336,7 @@ def load_image(
     ``distortion``, the image is distorted as drawn for ``seed`` (the image's
     content hash) instead of centre-cropped.
     """
-    where = name if name is not None else (
-        str(source) if isinstance(source, (str, os.PathLike)) else "<image bytes>"
-    )
+    where = name if name is not None else (str(source) if isinstance(source, (str, os.PathLike)) else "<image bytes>")
     try:
         return _decode(source, prep, max_pixels, distortion, seed)
     except _Unusable as err:

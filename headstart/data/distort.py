@@ -43,16 +43,25 @@ class Distortion:
         for name in ("random_crop", "random_scale", "random_brightness"):
             value = getattr(self, name)
             if not is_real(value) or not 0 <= value <= 100:
-                raise UsageError(f"--{name} must be a percentage between 0 and 100, got {value!r}",
-                                 hint=f"e.g. --{name} 10")
+                raise UsageError(
+                    f"--{name} must be a percentage between 0 and 100, got {value!r}", hint=f"e.g. --{name} 10"
+                )
 
     @property
     def active(self) -> bool:
         return self.flip_left_right or any((self.random_crop, self.random_scale, self.random_brightness))
 
     def fingerprint(self) -> str:
-        text = json.dumps([self.flip_left_right, self.random_crop, self.random_scale, self.random_brightness,
-                           self.copy, decode.DECODER_VERSION])
+        text = json.dumps(
+            [
+                self.flip_left_right,
+                self.random_crop,
+                self.random_scale,
+                self.random_brightness,
+                self.copy,
+                decode.DECODER_VERSION,
+            ]
+        )
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def rng(self, image_sha256: str) -> np.random.Generator:
@@ -74,8 +83,9 @@ def _distorted(pixels: np.ndarray, prep: Preprocessing, distortion: Distortion, 
     size = prep.input_size
     shorter = max(size, int(round(prep.resize_size * scale)))
     h, w = pixels.shape[:2]
-    new_w, new_h = (shorter, max(shorter, int(shorter * h / w))) if w <= h else (max(shorter, int(shorter * w / h)),
-                                                                                shorter)
+    new_w, new_h = (
+        (shorter, max(shorter, int(shorter * h / w))) if w <= h else (max(shorter, int(shorter * w / h)), shorter)
+    )
     array = resize(pixels, (new_w, new_h), prep.interpolation)
     # The crop moves only within the (scaled) region the evaluation crop shows:
     # without random_crop or random_scale it stays centred, as evaluation's does.

@@ -32,9 +32,7 @@ from headstart.files import sha256_file
 
 log = logging.getLogger("headstart")
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-)
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 SPLITS = ("training", "validation", "testing")
 MAX_NUM_IMAGES_PER_CLASS = 2**27 - 1
 MIN_IMAGES_PER_CLASS = 20  # fewer is allowed but warned about, as retrain.py did
@@ -228,8 +226,10 @@ def find_images(inputs: Sequence[str | Path]) -> list[Path]:
         else:
             raise UsageError(f"no such file or folder: {path}", hint="check the path")
     if not found:
-        raise UsageError("no images found in " + ", ".join(str(p) for p in inputs),
-                         hint=f"images are files ending in {', '.join(sorted(IMAGE_EXTENSIONS))}")
+        raise UsageError(
+            "no images found in " + ", ".join(str(p) for p in inputs),
+            hint=f"images are files ending in {', '.join(sorted(IMAGE_EXTENSIONS))}",
+        )
     return found
 
 
@@ -254,8 +254,9 @@ def _list_classes(root: Path, labels: Sequence[str] | None) -> list[str]:
         raise DataError(f"not a folder: {root}", hint=hint)
     with os.scandir(root) as it:
         # A folder holding RUNS_MARKER keeps run directories next to the classes (the studio's runs/): no class.
-        entries = [e for e in it
-                   if not e.name.startswith(".") and not os.path.exists(os.path.join(e.path, RUNS_MARKER))]
+        entries = [
+            e for e in it if not e.name.startswith(".") and not os.path.exists(os.path.join(e.path, RUNS_MARKER))
+        ]
     names = sorted(e.name for e in entries if _is_dir(e))
     if not names:
         raise DataError(
@@ -315,8 +316,10 @@ def index_image_dir(
     if labels is not None:
         labels = tuple(labels)
         if not labels or len(set(labels)) != len(labels) or not all(isinstance(x, str) and x for x in labels):
-            raise UsageError(f"labels must be distinct non-empty names, got {labels!r}",
-                             hint="pass each class name once, e.g. labels=('cat', 'dog')")
+            raise UsageError(
+                f"labels must be distinct non-empty names, got {labels!r}",
+                hint="pass each class name once, e.g. labels=('cat', 'dog')",
+            )
     root = Path(image_dir).expanduser()
     class_names = _list_classes(root, labels)
     root = root.resolve()
@@ -389,12 +392,27 @@ def index_image_dir(
     # counted later, so "0 skipped" here would be a promise the next step may break.
     log.info(
         "indexed %s: %d classes, %d training, %d validation, %d testing images%s",
-        root, len(index.labels), totals["training"], totals["validation"], totals["testing"],
+        root,
+        len(index.labels),
+        totals["training"],
+        totals["validation"],
+        totals["testing"],
         f" ({len(skipped)} skipped: copies or unreadable files)" if skipped else "",
     )
     return replace(index, warnings=tuple(warnings))
 
 
-__all__ = ["IMAGE_EXTENSIONS", "MAX_NUM_IMAGES_PER_CLASS", "MIN_IMAGES_PER_CLASS", "SPLITS", "ImageIndex",
-           "ImageRecord", "SkippedImage", "find_images", "index_image_dir", "list_image_files", "sha256_file",
-           "which_split"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_NUM_IMAGES_PER_CLASS",
+    "MIN_IMAGES_PER_CLASS",
+    "SPLITS",
+    "ImageIndex",
+    "ImageRecord",
+    "SkippedImage",
+    "find_images",
+    "index_image_dir",
+    "list_image_files",
+    "sha256_file",
+    "which_split",
+]

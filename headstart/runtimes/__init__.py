@@ -63,22 +63,75 @@ class RuntimeSpec:
         return getattr(importlib.import_module(f".{module}", __name__), function)(*args, **kwargs)
 
 
-RUNTIMES: dict[str, RuntimeSpec] = {spec.name: spec for spec in (
-    RuntimeSpec("torch", ("fp32",), "torch", "torch", "torch_runner:create_torch_runner", "module", 3),
-    RuntimeSpec("cuda", ("fp16", "fp32"), "torch (a CUDA build)", "torch", "torch_runner:create_torch_runner",
-                "module", 0, device="cuda"),
-    RuntimeSpec("onnxruntime", ("fp32",), "onnxruntime", "onnxruntime", "onnxruntime_runner:create_onnxruntime_runner",
-                "file", 2, file_formats=("onnx",)),
-    RuntimeSpec("openvino", ("fp32", "bf16"), "openvino", "openvino", "openvino_runner:create_openvino_runner",
-                "file", 1, file_formats=("onnx", "openvino"), file_precisions=("fp32", "bf16")),
-    RuntimeSpec("tensorrt", ("fp16", "fp32"), "tensorrt (on an NVIDIA GPU)", "tensorrt",
-                "tensorrt:create_engine_runner", "file", None, file_formats=("tensorrt",),
-                file_precisions=("engine",), device="cuda"),
-    RuntimeSpec("litert", ("fp32",), "ai-edge-litert", "ai_edge_litert", "litert_runner:create_litert_runner",
-                "file", None, file_formats=("tflite",)),
-    RuntimeSpec("tensorflow", ("fp32",), "'headstart[tensorflow]'", "tensorflow",
-                "tensorflow_runner:create_saved_model_runner", "file", None, file_formats=("saved_model",)),
-)}
+RUNTIMES: dict[str, RuntimeSpec] = {
+    spec.name: spec
+    for spec in (
+        RuntimeSpec("torch", ("fp32",), "torch", "torch", "torch_runner:create_torch_runner", "module", 3),
+        RuntimeSpec(
+            "cuda",
+            ("fp16", "fp32"),
+            "torch (a CUDA build)",
+            "torch",
+            "torch_runner:create_torch_runner",
+            "module",
+            0,
+            device="cuda",
+        ),
+        RuntimeSpec(
+            "onnxruntime",
+            ("fp32",),
+            "onnxruntime",
+            "onnxruntime",
+            "onnxruntime_runner:create_onnxruntime_runner",
+            "file",
+            2,
+            file_formats=("onnx",),
+        ),
+        RuntimeSpec(
+            "openvino",
+            ("fp32", "bf16"),
+            "openvino",
+            "openvino",
+            "openvino_runner:create_openvino_runner",
+            "file",
+            1,
+            file_formats=("onnx", "openvino"),
+            file_precisions=("fp32", "bf16"),
+        ),
+        RuntimeSpec(
+            "tensorrt",
+            ("fp16", "fp32"),
+            "tensorrt (on an NVIDIA GPU)",
+            "tensorrt",
+            "tensorrt:create_engine_runner",
+            "file",
+            None,
+            file_formats=("tensorrt",),
+            file_precisions=("engine",),
+            device="cuda",
+        ),
+        RuntimeSpec(
+            "litert",
+            ("fp32",),
+            "ai-edge-litert",
+            "ai_edge_litert",
+            "litert_runner:create_litert_runner",
+            "file",
+            None,
+            file_formats=("tflite",),
+        ),
+        RuntimeSpec(
+            "tensorflow",
+            ("fp32",),
+            "'headstart[tensorflow]'",
+            "tensorflow",
+            "tensorflow_runner:create_saved_model_runner",
+            "file",
+            None,
+            file_formats=("saved_model",),
+        ),
+    )
+}
 RUNTIME_NAMES = tuple(RUNTIMES)
 BACKBONE_RUNTIMES = tuple(name for name, spec in RUNTIMES.items() if spec.auto_rank is not None)
 
@@ -156,10 +209,14 @@ _best_precision = best_precision  # the name benchmarks used
 
 
 def _unavailable(spec: RuntimeSpec) -> UsageError:
-    what = "no usable CUDA GPU was found" if spec.device == "cuda" and installed(spec.module) \
+    what = (
+        "no usable CUDA GPU was found"
+        if spec.device == "cuda" and installed(spec.module)
         else f"{spec.name} is not installed"
-    return UsageError(f"runtime {spec.name} is not available: {what}",
-                      hint=f"pip install {spec.install}, or use --runtime auto")
+    )
+    return UsageError(
+        f"runtime {spec.name} is not available: {what}", hint=f"pip install {spec.install}, or use --runtime auto"
+    )
 
 
 def resolve_runtime(runtime: str = "auto", precision: str = "auto") -> RuntimeChoice:
@@ -168,22 +225,26 @@ def resolve_runtime(runtime: str = "auto", precision: str = "auto") -> RuntimeCh
     if runtime == "auto":
         candidates = [r for r in available if precision == "auto" or precision in RUNTIMES[r].precisions]
         if not candidates:
-            raise UsageError(f"no installed runtime computes in {precision}",
-                             hint="pip install openvino, or use --precision fp32")
+            raise UsageError(
+                f"no installed runtime computes in {precision}", hint="pip install openvino, or use --precision fp32"
+            )
         runtime = candidates[0]
     elif runtime not in BACKBONE_RUNTIMES:
         choices = ", ".join(BACKBONE_RUNTIMES)
         if runtime in RUNTIMES:
-            raise UsageError(f"runtime {runtime} runs exported models only, not a backbone",
-                             hint=f"use one of auto, {choices}")
+            raise UsageError(
+                f"runtime {runtime} runs exported models only, not a backbone", hint=f"use one of auto, {choices}"
+            )
         raise UsageError(f"unknown runtime {runtime!r}", hint=f"use one of auto, {choices}")
     elif runtime not in available:
         raise _unavailable(RUNTIMES[runtime])
     if precision == "auto":
         precision = best_precision(runtime)
     if precision not in RUNTIMES[runtime].precisions:
-        raise UsageError(f"runtime {runtime} does not support precision {precision}",
-                         hint=f"use --precision {' or '.join(RUNTIMES[runtime].precisions)}")
+        raise UsageError(
+            f"runtime {runtime} does not support precision {precision}",
+            hint=f"use --precision {' or '.join(RUNTIMES[runtime].precisions)}",
+        )
     return RuntimeChoice(runtime, precision)
 
 
@@ -193,28 +254,35 @@ def resolve_file_runtime(model_format: str, runtime: str = "auto", precision: st
     The file fixes the weights' precision (an int8 graph stays int8); ``precision``
     only picks how the remaining float maths is done, fp32 unless bf16 is asked for.
     """
-    order = sorted((s for s in RUNTIMES.values() if model_format in s.file_formats),
-                   key=lambda s: 99 if s.auto_rank is None else s.auto_rank)
+    order = sorted(
+        (s for s in RUNTIMES.values() if model_format in s.file_formats),
+        key=lambda s: 99 if s.auto_rank is None else s.auto_rank,
+    )
     names = [s.name for s in order]
     if not order:
         raise UsageError(f"no runtime runs {model_format} models", hint="export to onnx or openvino")
     if runtime == "auto":
         found = [s for s in order if installed(s.module)]
         if not found:
-            raise UsageError(f"no runtime for {model_format} models is installed",
-                             hint=" or ".join(f"pip install {s.install}" for s in order))
+            raise UsageError(
+                f"no runtime for {model_format} models is installed",
+                hint=" or ".join(f"pip install {s.install}" for s in order),
+            )
         spec = found[0]
     elif runtime not in names:
-        raise UsageError(f"runtime {runtime} cannot run an exported {model_format} model",
-                         hint=f"use --runtime {' or '.join(names)}")
+        raise UsageError(
+            f"runtime {runtime} cannot run an exported {model_format} model", hint=f"use --runtime {' or '.join(names)}"
+        )
     else:
         spec = RUNTIMES[runtime]
         if not installed(spec.module):
             raise UsageError(f"runtime {runtime} is not installed", hint=f"pip install {spec.install}")
     chosen = spec.file_precisions[0] if precision == "auto" else precision
     if chosen not in spec.file_precisions:
-        raise UsageError(f"runtime {spec.name} cannot compute an exported model in {precision}",
-                         hint=f"use --precision {' or '.join(spec.file_precisions)}")
+        raise UsageError(
+            f"runtime {spec.name} cannot compute an exported model in {precision}",
+            hint=f"use --precision {' or '.join(spec.file_precisions)}",
+        )
     return RuntimeChoice(spec.name, chosen)
 
 
@@ -236,8 +304,10 @@ def create_file_runner(path: Path, choice: RuntimeChoice, threads: int | None = 
     """A runner over a model file (ONNX, OpenVINO IR, TensorRT engine): no torch for the CPU runtimes."""
     spec = RUNTIMES[choice.runtime]
     if spec.source != "file":
-        raise UsageError(f"runtime {choice.runtime} cannot run model files",
-                         hint=f"use one of {', '.join(n for n, s in RUNTIMES.items() if s.source == 'file')}")
+        raise UsageError(
+            f"runtime {choice.runtime} cannot run model files",
+            hint=f"use one of {', '.join(n for n, s in RUNTIMES.items() if s.source == 'file')}",
+        )
     if spec.name == "tensorrt":
         return spec.create(path)
     return spec.create(path, choice, threads)
@@ -246,8 +316,15 @@ def create_file_runner(path: Path, choice: RuntimeChoice, threads: int | None = 
 create_session_runner = create_file_runner  # the name export and bench have used
 
 
-def create_runner(backbone: Backbone, choice: RuntimeChoice, model_dir: Path, *, imagenet: bool = False,
-                  threads: int | None = None, compile: bool = False) -> Runner:
+def create_runner(
+    backbone: Backbone,
+    choice: RuntimeChoice,
+    model_dir: Path,
+    *,
+    imagenet: bool = False,
+    threads: int | None = None,
+    compile: bool = False,
+) -> Runner:
     """Build the backbone's runner for ``choice``: converted once, cached under ``model_dir``."""
     if backbone.name.startswith("tfhub:"):  # a SavedModel: tf2onnx once, else TensorFlow (headstart.tfhub_runtime)
         from ..tfhub_runtime import create_tfhub_runner
@@ -274,7 +351,24 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["BACKBONE_RUNTIMES", "DEFAULT_BATCH_SIZE", "PRECISIONS", "RUNTIMES", "RUNTIME_NAMES", "Runner",
-           "RuntimeChoice", "RuntimeSpec", "available_runtimes", "best_precision", "cpu_has_native_bf16",
-           "create_file_runner", "create_runner", "create_session_runner", "cuda_available", "installed",
-           "resolve_file_runtime", "resolve_runtime", "runtime_available"]
+__all__ = [
+    "BACKBONE_RUNTIMES",
+    "DEFAULT_BATCH_SIZE",
+    "PRECISIONS",
+    "RUNTIMES",
+    "RUNTIME_NAMES",
+    "Runner",
+    "RuntimeChoice",
+    "RuntimeSpec",
+    "available_runtimes",
+    "best_precision",
+    "cpu_has_native_bf16",
+    "create_file_runner",
+    "create_runner",
+    "create_session_runner",
+    "cuda_available",
+    "installed",
+    "resolve_file_runtime",
+    "resolve_runtime",
+    "runtime_available",
+]

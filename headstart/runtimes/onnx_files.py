@@ -18,8 +18,14 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger("headstart")
 
 
-def export_onnx(module: "torch.nn.Module", path: Path, input_size: int, *,
-                output_name: str | Sequence[str] = "output", metadata: dict[str, str] | None = None) -> Path:
+def export_onnx(
+    module: "torch.nn.Module",
+    path: Path,
+    input_size: int,
+    *,
+    output_name: str | Sequence[str] = "output",
+    metadata: dict[str, str] | None = None,
+) -> Path:
     """Export a uint8-NHWC module to ONNX with a dynamic batch, atomically (one output name per module output)."""
     import torch
 
@@ -31,9 +37,16 @@ def export_onnx(module: "torch.nn.Module", path: Path, input_size: int, *,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's warnings are about torch internals, not the user's model
             names = [output_name] if isinstance(output_name, str) else list(output_name)
-            torch.onnx.export(module, (example,), tmp, input_names=["images"], output_names=names,
-                              dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}},
-                              opset_version=17, dynamo=False)
+            torch.onnx.export(
+                module,
+                (example,),
+                tmp,
+                input_names=["images"],
+                output_names=names,
+                dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in names}},
+                opset_version=17,
+                dynamo=False,
+            )
         if metadata:
             import onnx
 

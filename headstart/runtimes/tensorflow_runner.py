@@ -21,8 +21,10 @@ def create_saved_model_runner(model_path: Path, choice: RuntimeChoice, threads: 
     if IMAGES_SIGNATURE not in loaded.signatures:
         from ..errors import ModelError
 
-        raise ModelError(f"{model_path} has no {IMAGES_SIGNATURE!r} signature",
-                         hint="export it with 'headstart export --format saved_model'")
+        raise ModelError(
+            f"{model_path} has no {IMAGES_SIGNATURE!r} signature",
+            hint="export it with 'headstart export --format saved_model'",
+        )
     classify = loaded.signatures[IMAGES_SIGNATURE]
     names = [n for n in (OUTPUT_NAME, OOD_OUTPUT_NAME) if n in classify.structured_outputs]
     (spec,) = classify.structured_input_signature[1].values()

@@ -81,8 +81,14 @@ def tensorrt_version() -> str | None:
     return None
 
 
-def trtexec_command(onnx_path: str | Path, engine_path: str | Path, *, input_size: int, precision: str = "fp16",
-                    profile: BatchProfile = BatchProfile()) -> str:
+def trtexec_command(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    *,
+    input_size: int,
+    precision: str = "fp16",
+    profile: BatchProfile = BatchProfile(),
+) -> str:
     """The ``trtexec`` line that builds the same engine as :func:`build_engine` (int8 without calibration)."""
     if precision not in PRECISIONS:
         raise UsageError(f"TensorRT precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -96,14 +102,26 @@ def trtexec_command(onnx_path: str | Path, engine_path: str | Path, *, input_siz
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def engine_cache_key(model_sha256: str, *, trt_version: str, gpu_name: str, precision: str,
-                     profile: BatchProfile = BatchProfile(), calibration: str | None = None) -> str:
+def engine_cache_key(
+    model_sha256: str,
+    *,
+    trt_version: str,
+    gpu_name: str,
+    precision: str,
+    profile: BatchProfile = BatchProfile(),
+    calibration: str | None = None,
+) -> str:
     """Stable id of one engine build: anything that changes the engine changes the key."""
     if precision not in PRECISIONS:
         raise UsageError(f"TensorRT precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    payload = {"model": model_sha256, "tensorrt": trt_version, "gpu": gpu_name, "precision": precision,
-               "profile": [profile.min, profile.opt, profile.max],
-               "calibration": calibration if precision == "int8" else None}
+    payload = {
+        "model": model_sha256,
+        "tensorrt": trt_version,
+        "gpu": gpu_name,
+        "precision": precision,
+        "profile": [profile.min, profile.opt, profile.max],
+        "calibration": calibration if precision == "int8" else None,
+    }
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
@@ -112,8 +130,14 @@ def engine_cache_path(cache_dir: str | Path, key: str, precision: str) -> Path:
     return Path(cache_dir) / "tensorrt" / f"{key}-{precision}.engine"
 
 
-def require_tensorrt(onnx_path: str | Path, engine_path: str | Path, *, input_size: int, precision: str,
-                     profile: BatchProfile = BatchProfile()) -> ModuleType:
+def require_tensorrt(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    *,
+    input_size: int,
+    precision: str,
+    profile: BatchProfile = BatchProfile(),
+) -> ModuleType:
     """Import TensorRT and check for a GPU, or raise :class:`TensorRTUnavailable` with the trtexec line."""
     command = trtexec_command(onnx_path, engine_path, input_size=input_size, precision=precision, profile=profile)
     try:
@@ -126,8 +150,9 @@ def require_tensorrt(onnx_path: str | Path, engine_path: str | Path, *, input_si
     from . import cuda_available
 
     if not cuda_available():
-        raise TensorRTUnavailable("TensorRT needs an NVIDIA GPU and none is usable here",
-                                  hint=f"on the GPU machine run: {command}")
+        raise TensorRTUnavailable(
+            "TensorRT needs an NVIDIA GPU and none is usable here", hint=f"on the GPU machine run: {command}"
+        )
     return trt
 
 
@@ -143,8 +168,11 @@ def _logger(trt: Any) -> Any:  # trt: the tensorrt module; Any, as its classes a
             trt.ILogger.__init__(self)
 
         def log(self, severity: Any, msg: str) -> None:
-            level = logging.ERROR if severity <= trt.ILogger.ERROR else (
-                logging.WARNING if severity == trt.ILogger.WARNING else logging.DEBUG)
+            level = (
+                logging.ERROR
+                if severity <= trt.ILogger.ERROR
+                else (logging.WARNING if severity == trt.ILogger.WARNING else logging.DEBUG)
+            )
             log.log(level, "TensorRT: %s", msg)
 
     return _Log()
@@ -180,9 +208,17 @@ def _calibrator(trt: Any, batches: list[np.ndarray], cache_file: Path) -> Any:
     return _Calibrator()
 
 
-def build_engine(onnx_path: str | Path, engine_path: str | Path, *, input_size: int, precision: str = "fp16",
-                 profile: BatchProfile = BatchProfile(), calibration: Iterable[np.ndarray] | None = None,
-                 calibration_id: str | None = None, cache_dir: str | Path | None = None) -> Path:
+def build_engine(
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    *,
+    input_size: int,
+    precision: str = "fp16",
+    profile: BatchProfile = BatchProfile(),
+    calibration: Iterable[np.ndarray] | None = None,
+    calibration_id: str | None = None,
+    cache_dir: str | Path | None = None,
+) -> Path:
     """Build (or take from the cache) a serialised engine for ``onnx_path`` and copy it to ``engine_path``.
 
     ``calibration`` yields uint8 batches of one size (int8 only); ``calibration_id``
@@ -190,8 +226,14 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, input_size: 
     """
     engine_path = Path(engine_path)
     trt = require_tensorrt(onnx_path, engine_path, input_size=input_size, precision=precision, profile=profile)
-    key = engine_cache_key(sha256_file(onnx_path), trt_version=str(trt.__version__), gpu_name=gpu_name(),
-                           precision=precision, profile=profile, calibration=calibration_id)
+    key = engine_cache_key(
+        sha256_file(onnx_path),
+        trt_version=str(trt.__version__),
+        gpu_name=gpu_name(),
+        precision=precision,
+        profile=profile,
+        calibration=calibration_id,
+    )
     cached = engine_cache_path(cache_dir, key, precision) if cache_dir else None
     if cached is not None and cached.is_file():
         log.info("TensorRT engine found in the cache: %s", cached)
@@ -204,8 +246,14 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, *, input_size: 
     return engine_path
 
 
-def _build(trt: ModuleType, onnx_path: Path, input_size: int, precision: str, profile: BatchProfile,
-           calibration: Iterable[np.ndarray] | None) -> bytes:
+def _build(
+    trt: ModuleType,
+    onnx_path: Path,
+    input_size: int,
+    precision: str,
+    profile: BatchProfile,
+    calibration: Iterable[np.ndarray] | None,
+) -> bytes:
     logger = _logger(trt)
     builder = trt.Builder(logger)
     flags = 0
@@ -235,8 +283,9 @@ def _build(trt: ModuleType, onnx_path: Path, input_size: int, precision: str, pr
         log.info("building a TensorRT %s engine (minutes) from %s", precision, onnx_path)
         serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise ModelError(f"TensorRT could not build an engine from {onnx_path}",
-                         hint="run again with -v for TensorRT's log")
+        raise ModelError(
+            f"TensorRT could not build an engine from {onnx_path}", hint="run again with -v for TensorRT's log"
+        )
     return bytes(serialized)
 
 
@@ -259,13 +308,16 @@ def create_engine_runner(engine_path: str | Path) -> Callable[[np.ndarray], np.n
     try:
         import tensorrt as trt
     except ImportError:
-        raise TensorRTUnavailable("TensorRT is not installed, so a .engine file cannot run here",
-                                  hint="run the .onnx or OpenVINO export instead") from None
+        raise TensorRTUnavailable(
+            "TensorRT is not installed, so a .engine file cannot run here",
+            hint="run the .onnx or OpenVINO export instead",
+        ) from None
     runtime = trt.Runtime(_logger(trt))
     engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
     if engine is None:
-        raise ModelError(f"{engine_path} was built for another TensorRT version or GPU",
-                         hint="export it again on this machine")
+        raise ModelError(
+            f"{engine_path} was built for another TensorRT version or GPU", hint="export it again on this machine"
+        )
     context = engine.create_execution_context()
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     output = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
@@ -286,5 +338,14 @@ def create_engine_runner(engine_path: str | Path) -> Callable[[np.ndarray], np.n
     return run
 
 
-__all__ = ["BatchProfile", "TensorRTUnavailable", "build_engine", "create_engine_runner", "engine_cache_key",
-           "engine_cache_path", "require_tensorrt", "tensorrt_version", "trtexec_command"]
+__all__ = [
+    "BatchProfile",
+    "TensorRTUnavailable",
+    "build_engine",
+    "create_engine_runner",
+    "engine_cache_key",
+    "engine_cache_path",
+    "require_tensorrt",
+    "tensorrt_version",
+    "trtexec_command",
+]

@@ -42,8 +42,10 @@ log = logging.getLogger("headstart")
 
 PAGE = Path(__file__).with_name("page") / "index.html"
 # The page runs its own inline script and talks only to this server.
-PAGE_CSP = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
-            "img-src 'self' data: blob:; media-src 'self' blob: mediastream:; base-uri 'none'; form-action 'none'")
+PAGE_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
+    "img-src 'self' data: blob:; media-src 'self' blob: mediastream:; base-uri 'none'; form-action 'none'"
+)
 V2_EXTENSIONS = ["binary_tensor_data", "classification"]
 TOP_K_MAX = 1000
 
@@ -80,8 +82,15 @@ def _model_info(name: str, worker: ModelWorker) -> dict[str, Any]:
     clf = worker.clf
     info = dict(clf.info())
     info.pop("path", None)  # where the model lies on the server is none of the clients' business
-    info.update(name=name, model=name, model_version=clf.version, labels=list(clf.labels), runtime=clf.runtime,
-                max_batch_size=worker.batcher.max_batch_size, ready=worker.ready)
+    info.update(
+        name=name,
+        model=name,
+        model_version=clf.version,
+        labels=list(clf.labels),
+        runtime=clf.runtime,
+        max_batch_size=worker.batcher.max_batch_size,
+        ready=worker.ready,
+    )
     return info
 
 
@@ -102,28 +111,46 @@ def create_app(models: Mapping[str, Any], settings: ServeSettings | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool = ThreadPoolExecutor(max_workers=settings.decode_workers or min(8, os.cpu_count() or 1),
-                                  thread_name_prefix="headstart-decode")
+        pool = ThreadPoolExecutor(
+            max_workers=settings.decode_workers or min(8, os.cpu_count() or 1), thread_name_prefix="headstart-decode"
+        )
         for name, clf in state.models.items():
             state.metrics.describe_model(name, clf)
             state.workers[name] = ModelWorker(
-                name, clf, max_batch_size=settings.max_batch_size or max(1, int(clf.batch_size)),
-                max_delay_s=settings.max_batch_delay_ms / 1000.0, max_queue=settings.max_queue,
-                timeout_s=settings.timeout_s, decode_pool=pool, metrics=state.metrics)
+                name,
+                clf,
+                max_batch_size=settings.max_batch_size or max(1, int(clf.batch_size)),
+                max_delay_s=settings.max_batch_delay_ms / 1000.0,
+                max_queue=settings.max_queue,
+                timeout_s=settings.timeout_s,
+                decode_pool=pool,
+                metrics=state.metrics,
+            )
         try:
             await asyncio.gather(*(w.start() for w in state.workers.values()))
-            log.info("ready: %s", ", ".join(f"{n} ({w.clf.runtime}, batches of up to {w.batcher.max_batch_size})"
-                                            for n, w in state.workers.items()))
+            log.info(
+                "ready: %s",
+                ", ".join(
+                    f"{n} ({w.clf.runtime}, batches of up to {w.batcher.max_batch_size})"
+                    for n, w in state.workers.items()
+                ),
+            )
             yield
         finally:
             state.draining = True
             await asyncio.gather(*(w.stop() for w in state.workers.values()), return_exceptions=True)
             pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="headstart serve", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Image classification with models retrained by headstart: a REST API, the Open "
-                              "Inference Protocol (KServe v2), Prometheus metrics and a page to try it. Errors "
-                              'are {"error": "..."} with the status code.')
+    app = FastAPI(
+        title="headstart serve",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        description="Image classification with models retrained by headstart: a REST API, the Open "
+        "Inference Protocol (KServe v2), Prometheus metrics and a page to try it. Errors "
+        'are {"error": "..."} with the status code.',
+    )
     app.state.serve = state
     install_handlers(app)
     app.add_middleware(ServeMiddleware, state=state)
@@ -140,43 +167,69 @@ def create_app(models: Mapping[str, Any], settings: ServeSettings | None = None)
         request.state.images = len(parts)
         proba = await worker.classify(parts)
         rows = worker.clf.predictions(proba, [p.name for p in parts], _top_k(state, top_k))
-        return _json({"model": name, "model_version": worker.clf.version,
-                      "predictions": [row.to_dict() for row in rows]})
+        return _json(
+            {"model": name, "model_version": worker.clf.version, "predictions": [row.to_dict() for row in rows]}
+        )
 
     top_k_query = Query(None, ge=1, le=TOP_K_MAX, description="how many labels per image (default 5)")
 
-    @app.post("/v1/models/{name}/predict", tags=["REST"], response_model=schemas.PredictResponse,
-              responses=schemas.errors(400, 404, 413, 422, 503, 504), openapi_extra=schemas.PREDICT_BODY,
-              summary="Top labels of one or more images")
+    @app.post(
+        "/v1/models/{name}/predict",
+        tags=["REST"],
+        response_model=schemas.PredictResponse,
+        responses=schemas.errors(400, 404, 413, 422, 503, 504),
+        openapi_extra=schemas.PREDICT_BODY,
+        summary="Top labels of one or more images",
+    )
     async def predict_named(request: Request, name: str, top_k: int | None = top_k_query) -> Response:
         return await predict(request, name, top_k)
 
-    @app.post("/v1/predict", tags=["REST"], response_model=schemas.PredictResponse,
-              responses=schemas.errors(400, 413, 422, 503, 504), openapi_extra=schemas.PREDICT_BODY,
-              summary="Top labels with the default model")
+    @app.post(
+        "/v1/predict",
+        tags=["REST"],
+        response_model=schemas.PredictResponse,
+        responses=schemas.errors(400, 413, 422, 503, 504),
+        openapi_extra=schemas.PREDICT_BODY,
+        summary="Top labels with the default model",
+    )
     async def predict_default(request: Request, top_k: int | None = top_k_query) -> Response:
         return await predict(request, state.default, top_k)
 
-    @app.get("/v1/models", tags=["REST"], response_model=schemas.ModelList, responses=schemas.errors(),
-             summary="The models served")
+    @app.get(
+        "/v1/models",
+        tags=["REST"],
+        response_model=schemas.ModelList,
+        responses=schemas.errors(),
+        summary="The models served",
+    )
     async def list_models() -> Response:
-        return _json({"default": state.default,
-                      "models": [_model_info(n, w) for n, w in state.workers.items()]})
+        return _json({"default": state.default, "models": [_model_info(n, w) for n, w in state.workers.items()]})
 
-    @app.get("/v1/models/{name}", tags=["REST"], response_model=schemas.ModelInfo, responses=schemas.errors(404),
-             summary="One model: labels, version, runtime, preprocessing")
+    @app.get(
+        "/v1/models/{name}",
+        tags=["REST"],
+        response_model=schemas.ModelInfo,
+        responses=schemas.errors(404),
+        summary="One model: labels, version, runtime, preprocessing",
+    )
     async def show_model(name: str) -> Response:
         return _json(_model_info(name, state.worker(name)))
 
     _add_v2_routes(app, state)
 
-    @app.get("/metrics", tags=["service"], summary="Prometheus metrics", responses=schemas.errors(),
-             response_class=Response)
+    @app.get(
+        "/metrics", tags=["service"], summary="Prometheus metrics", responses=schemas.errors(), response_class=Response
+    )
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.get("/", tags=["service"], summary="A page to try the models", response_class=HTMLResponse,
-             responses=schemas.errors())
+    @app.get(
+        "/",
+        tags=["service"],
+        summary="A page to try the models",
+        response_class=HTMLResponse,
+        responses=schemas.errors(),
+    )
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"content-security-policy": PAGE_CSP, "cache-control": "no-cache"})
 
@@ -192,8 +245,9 @@ def _add_v2_routes(app: FastAPI, state: ServeState) -> None:
             raise ServeError(404, f"model {name!r} has no version {version!r}; it serves {worker.clf.version}")
         return worker
 
-    @app.get("/v2", tags=["v2"], response_model=schemas.ServerMetadata, responses=schemas.errors(),
-             summary="Server metadata")
+    @app.get(
+        "/v2", tags=["v2"], response_model=schemas.ServerMetadata, responses=schemas.errors(), summary="Server metadata"
+    )
     async def server_metadata() -> Response:
         return _json({"name": "headstart", "version": __version__, "extensions": V2_EXTENSIONS})
 
@@ -201,8 +255,13 @@ def _add_v2_routes(app: FastAPI, state: ServeState) -> None:
     async def live() -> Response:
         return _json({"live": True})
 
-    @app.get("/v2/health/ready", tags=["v2"], response_model=schemas.Ready, summary="Readiness (no key needed)",
-             responses={503: {"model": schemas.Ready, "description": "starting or shutting down"}})
+    @app.get(
+        "/v2/health/ready",
+        tags=["v2"],
+        response_model=schemas.Ready,
+        summary="Readiness (no key needed)",
+        responses={503: {"model": schemas.Ready, "description": "starting or shutting down"}},
+    )
     async def ready() -> Response:
         return _json({"ready": state.ready}, 200 if state.ready else 503)
 
@@ -226,10 +285,17 @@ def _add_v2_routes(app: FastAPI, state: ServeState) -> None:
         return Response(content, headers=headers)
 
     meta: dict[str, Any] = {"tags": ["v2"], "response_model": schemas.ModelMetadata, "responses": schemas.errors(404)}
-    ready_doc: dict[str, Any] = {"tags": ["v2"], "response_model": schemas.ModelReady,
-                 "responses": {**schemas.errors(404), 503: {"model": schemas.ModelReady, "description": "not ready"}}}
-    infer_doc: dict[str, Any] = {"tags": ["v2"], "response_model": schemas.InferenceResponse,
-                 "responses": schemas.errors(400, 404, 413, 422, 503, 504), "openapi_extra": schemas.INFER_BODY}
+    ready_doc: dict[str, Any] = {
+        "tags": ["v2"],
+        "response_model": schemas.ModelReady,
+        "responses": {**schemas.errors(404), 503: {"model": schemas.ModelReady, "description": "not ready"}},
+    }
+    infer_doc: dict[str, Any] = {
+        "tags": ["v2"],
+        "response_model": schemas.InferenceResponse,
+        "responses": schemas.errors(400, 404, 413, 422, 503, 504),
+        "openapi_extra": schemas.INFER_BODY,
+    }
 
     @app.get("/v2/models/{name}", summary="Model metadata", **meta)
     async def metadata_latest(name: str) -> Response:

@@ -51,8 +51,7 @@ class _Item:
 class Batcher:
     """Collects queued images into batches for one model and runs them one batch at a time."""
 
-    def __init__(self, name: str, clf: Any, *, max_batch_size: int, max_delay_s: float,
-                 metrics: ServeMetrics) -> None:
+    def __init__(self, name: str, clf: Any, *, max_batch_size: int, max_delay_s: float, metrics: ServeMetrics) -> None:
         self.name = name
         self.clf = clf
         self.max_batch_size = max_batch_size
@@ -168,8 +167,18 @@ class Batcher:
 class ModelWorker:
     """Admission, decoding and batching for one served model."""
 
-    def __init__(self, name: str, clf: Any, *, max_batch_size: int, max_delay_s: float, max_queue: int,
-                 timeout_s: float, decode_pool: ThreadPoolExecutor, metrics: ServeMetrics) -> None:
+    def __init__(
+        self,
+        name: str,
+        clf: Any,
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue: int,
+        timeout_s: float,
+        decode_pool: ThreadPoolExecutor,
+        metrics: ServeMetrics,
+    ) -> None:
         self.name = name
         self.clf = clf
         self.max_queue = max_queue
@@ -196,8 +205,13 @@ class ModelWorker:
         for i, n in enumerate(sizes):
             await self.batcher.run_once(np.zeros((n, size, size, 3), np.uint8))
             if time.monotonic() > deadline and i + 1 < len(sizes):
-                log.info("model %s: warmed up %d of %d batch sizes in %.0f s; the others warm up when first used",
-                         self.name, i + 1, len(sizes), WARMUP_BUDGET_S)
+                log.info(
+                    "model %s: warmed up %d of %d batch sizes in %.0f s; the others warm up when first used",
+                    self.name,
+                    i + 1,
+                    len(sizes),
+                    WARMUP_BUDGET_S,
+                )
                 break
         self.started = True
 
@@ -212,12 +226,18 @@ class ModelWorker:
     def _admit(self, n: int) -> None:
         if n > self.max_queue:
             self.metrics.rejected.labels(self.name, "too_many_images").inc()
-            raise ServeError(413, f"{n} images in one request; this server takes at most {self.max_queue} "
-                                  "(--max_queue): send them in smaller requests")
+            raise ServeError(
+                413,
+                f"{n} images in one request; this server takes at most {self.max_queue} "
+                "(--max_queue): send them in smaller requests",
+            )
         if self.pending + n > self.max_queue:
             self.metrics.rejected.labels(self.name, "queue_full").inc()
-            raise ServeError(503, f"queue full ({self.pending} images waiting for model {self.name}); "
-                                  "retry after a second", {"Retry-After": "1"})
+            raise ServeError(
+                503,
+                f"queue full ({self.pending} images waiting for model {self.name}); retry after a second",
+                {"Retry-After": "1"},
+            )
         self.pending += n
         self.metrics.queue_depth.labels(self.name).set(self.pending)
 
@@ -242,17 +262,22 @@ class ModelWorker:
         self._admit(n)
         loop = asyncio.get_running_loop()
         try:
+
             async def run() -> np.ndarray:
-                decoded = await asyncio.gather(*(loop.run_in_executor(self.decode_pool, self._decode, p, i, n)
-                                                 for i, p in enumerate(parts)))
+                decoded = await asyncio.gather(
+                    *(loop.run_in_executor(self.decode_pool, self._decode, p, i, n) for i, p in enumerate(parts))
+                )
                 return await self.batcher.predict(decoded)
 
             try:
                 proba = await asyncio.wait_for(run(), self.timeout_s)
             except asyncio.TimeoutError:
                 self.metrics.rejected.labels(self.name, "timeout").inc()
-                raise ServeError(504, f"not answered within {self.timeout_s:g} s (--timeout_s); "
-                                      "the server is overloaded: retry later or send fewer images") from None
+                raise ServeError(
+                    504,
+                    f"not answered within {self.timeout_s:g} s (--timeout_s); "
+                    "the server is overloaded: retry later or send fewer images",
+                ) from None
         finally:
             self._release(n)
         self.metrics.answered(self.name, n)

@@ -125,14 +125,22 @@ async def multipart_parts(request: Any, body: bytes, max_files: int) -> list[Par
         yield body
 
     # The body was already read within --max_body_mb, so no part can be larger than it.
-    parser = MultiPartParser(request.headers, stream(), max_files=max_files, max_fields=1000,  # type: ignore[arg-type]
-                             max_part_size=max(len(body), 1))
+    parser = MultiPartParser(
+        request.headers,
+        stream(),  # type: ignore[arg-type]
+        max_files=max_files,
+        max_fields=1000,
+        max_part_size=max(len(body), 1),
+    )
     try:
         form = await parser.parse()
     except MultiPartException as exc:
         if exc.message.startswith("Too many files"):
-            raise ServeError(413, f"more than {max_files} files in one request; this server takes at most "
-                                  f"{max_files} (--max_queue): send them in smaller requests") from None
+            raise ServeError(
+                413,
+                f"more than {max_files} files in one request; this server takes at most "
+                f"{max_files} (--max_queue): send them in smaller requests",
+            ) from None
         raise ServeError(400, f"malformed multipart body: {exc.message}") from None
     parts: list[Part] = []
     try:
@@ -161,5 +169,8 @@ async def rest_parts(request: Any, body: bytes, max_files: int) -> list[Part]:
     if kind == "application/json" or kind.endswith("+json"):
         return instances_parts(parse_json(body))
     shown = kind or "none"
-    raise ServeError(400, f"unsupported Content-Type {shown}; send image/* (the raw image), multipart/form-data "
-                          'with file parts, or application/json {"instances": [{"b64": ...}]}')
+    raise ServeError(
+        400,
+        f"unsupported Content-Type {shown}; send image/* (the raw image), multipart/form-data "
+        'with file parts, or application/json {"instances": [{"b64": ...}]}',
+    )

@@ -18,8 +18,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 
 log = logging.getLogger("headstart")
 
-ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
-          "favicon-32x32.png": "image/png"}
+ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css", "favicon-32x32.png": "image/png"}
 
 
 def swagger_static_dir() -> Path | None:
@@ -40,10 +39,13 @@ def add_docs_routes(app: FastAPI) -> None:
     async def docs() -> HTMLResponse:
         if static is None:
             return get_swagger_ui_html(openapi_url="/openapi.json", title="headstart serve")
-        return get_swagger_ui_html(openapi_url="/openapi.json", title="headstart serve",
-                                   swagger_js_url="/docs/assets/swagger-ui-bundle.js",
-                                   swagger_css_url="/docs/assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs/assets/favicon-32x32.png")
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="headstart serve",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png",
+        )
 
     @app.get("/docs/assets/{name}", include_in_schema=False)
     async def asset(name: str) -> Response:

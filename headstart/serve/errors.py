@@ -68,13 +68,15 @@ def install_handlers(app: Any) -> None:
             message = f"no route {request.url.path}; see /docs for the routes"
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
-        return JSONResponse({"error": one_line(message)}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+        return JSONResponse(
+            {"error": one_line(message)}, status_code=exc.status_code, headers=getattr(exc, "headers", None)
+        )
 
     async def on_unexpected(request: Any, exc: Exception) -> JSONResponse:
         log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path, exc_info=exc)
-        return JSONResponse({"error": f"internal error ({type(exc).__name__}); the server log has the details"},
-                            status_code=500)
+        return JSONResponse(
+            {"error": f"internal error ({type(exc).__name__}); the server log has the details"}, status_code=500
+        )
 
     app.add_exception_handler(ServeError, on_serve_error)
     app.add_exception_handler(RequestValidationError, on_validation)

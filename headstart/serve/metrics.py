@@ -37,8 +37,11 @@ class _RateCollector:
                 events.popleft()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily("headstart_images_per_second",
-                                   f"Images answered per second over the last {RATE_WINDOW_S:g} s", labels=["model"])
+        family = GaugeMetricFamily(
+            "headstart_images_per_second",
+            f"Images answered per second over the last {RATE_WINDOW_S:g} s",
+            labels=["model"],
+        )
         now = time.monotonic()
         with self._lock:
             for model, events in self._events.items():
@@ -54,22 +57,45 @@ class ServeMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("headstart_requests", "HTTP requests answered, by route template and status",
-                                ["route", "method", "status"], registry=r)
-        self.latency = Histogram("headstart_request_duration_seconds", "Time from request to response, by route",
-                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("headstart_batch_size", "Images per network run, by model",
-                                    ["model"], buckets=BATCH_BUCKETS, registry=r)
-        self.inference = Histogram("headstart_inference_duration_seconds", "Time of one network run, by model",
-                                   ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.queue_depth = Gauge("headstart_queue_depth",
-                                 "Images admitted and not yet answered (decoding, queued, running), by model",
-                                 ["model"], registry=r)
+        self.requests = Counter(
+            "headstart_requests",
+            "HTTP requests answered, by route template and status",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "headstart_request_duration_seconds",
+            "Time from request to response, by route",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "headstart_batch_size", "Images per network run, by model", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.inference = Histogram(
+            "headstart_inference_duration_seconds",
+            "Time of one network run, by model",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "headstart_queue_depth",
+            "Images admitted and not yet answered (decoding, queued, running), by model",
+            ["model"],
+            registry=r,
+        )
         self.images = Counter("headstart_images", "Images answered, by model", ["model"], registry=r)
-        self.rejected = Counter("headstart_rejected", "Requests refused before inference, by model and reason",
-                                ["model", "reason"], registry=r)
-        self.model_info = Gauge("headstart_model_info", "The models served (value 1)",
-                                ["model", "version", "runtime"], registry=r)
+        self.rejected = Counter(
+            "headstart_rejected",
+            "Requests refused before inference, by model and reason",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "headstart_model_info", "The models served (value 1)", ["model", "version", "runtime"], registry=r
+        )
         self._rate = _RateCollector()
         r.register(self._rate)
 

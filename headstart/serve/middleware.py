@@ -84,11 +84,19 @@ class ServeMiddleware:
         if key and path not in OPEN_PATHS and not key_matches(_header(scope, b"authorization"), key):
             basic, bearer = 'Basic realm="headstart", charset="UTF-8"', 'Bearer realm="headstart"'
             challenge = basic if path in BROWSER_PATHS else bearer
-            await self._reply(send_and_note, 401, "missing or wrong API key: send Authorization: Bearer <key>",
-                              {"www-authenticate": challenge})
+            await self._reply(
+                send_and_note,
+                401,
+                "missing or wrong API key: send Authorization: Bearer <key>",
+                {"www-authenticate": challenge},
+            )
         elif state.draining and path not in DRAIN_PATHS:
-            await self._reply(send_and_note, 503, "the server is shutting down; retry on another instance",
-                              {"retry-after": "1", "connection": "close"})
+            await self._reply(
+                send_and_note,
+                503,
+                "the server is shutting down; retry on another instance",
+                {"retry-after": "1", "connection": "close"},
+            )
         else:
             state.inflight += 1
             try:
@@ -97,8 +105,9 @@ class ServeMiddleware:
                 log.error("unexpected %s on %s %s", type(exc).__name__, scope.get("method"), path, exc_info=exc)
                 if sent["started"]:
                     raise
-                await self._reply(send_and_note, 500, f"internal error ({type(exc).__name__}); "
-                                                      "the server log has the details", {})
+                await self._reply(
+                    send_and_note, 500, f"internal error ({type(exc).__name__}); the server log has the details", {}
+                )
             finally:
                 state.inflight -= 1
         self._observe(scope, sent, time.perf_counter() - start)
@@ -114,9 +123,16 @@ class ServeMiddleware:
             return
         extra = scope.get("state") or {}
         client = scope.get("client") or ("", 0)
-        record = {"ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "client": client[0],
-                  "method": scope.get("method"), "path": scope.get("path"), "route": template, "status": status,
-                  "ms": round(seconds * 1000, 2), "bytes": sent["bytes"]}
+        record = {
+            "ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "client": client[0],
+            "method": scope.get("method"),
+            "path": scope.get("path"),
+            "route": template,
+            "status": status,
+            "ms": round(seconds * 1000, 2),
+            "bytes": sent["bytes"],
+        }
         for name in ("model", "images"):
             if name in extra:
                 record[name] = extra[name]

@@ -25,8 +25,9 @@ class TopLabel(BaseModel):
 class PredictionRow(BaseModel):
     path: str = Field(description="the part's file name, the instance's name, or its index")
     top: list[TopLabel]
-    unknown: bool | None = Field(None, description="the out-of-distribution score is past the model's "
-                                                      "threshold (models that score novelty only)")
+    unknown: bool | None = Field(
+        None, description="the out-of-distribution score is past the model's threshold (models that score novelty only)"
+    )
     ood_score: float | None = Field(None, description="the out-of-distribution score (models that score novelty)")
 
 
@@ -98,14 +99,16 @@ class RequestInput(BaseModel):
     shape: list[int] = Field(description="[N]")
     datatype: str = Field(description='always "BYTES"')
     parameters: dict[str, Any] | None = Field(
-        None, description='{"content_type": "base64"}, or {"binary_data_size": bytes} with the binary extension')
+        None, description='{"content_type": "base64"}, or {"binary_data_size": bytes} with the binary extension'
+    )
     data: list[Any] | None = Field(None, description="N base64 strings, each an encoded image file")
 
 
 class RequestOutput(BaseModel):
     name: str = Field(description='"label" or "probabilities"')
     parameters: dict[str, Any] | None = Field(
-        None, description='{"binary_data": true} for a binary answer, {"classification": K} for top-K strings')
+        None, description='{"binary_data": true} for a binary answer, {"classification": K} for top-K strings'
+    )
 
 
 class InferenceRequest(BaseModel):
@@ -143,8 +146,9 @@ def request_components() -> dict[str, Any]:
 
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for these error statuses (plus 401, which every guarded route has)."""
-    return {status: {"model": ErrorResponse, "description": ERROR_STATUSES[status]}
-            for status in sorted({*statuses, 401})}
+    return {
+        status: {"model": ErrorResponse, "description": ERROR_STATUSES[status]} for status in sorted({*statuses, 401})
+    }
 
 
 def body(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -153,16 +157,32 @@ def body(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 
-PREDICT_BODY = body({
-    "image/jpeg": BINARY, "image/png": BINARY, "application/octet-stream": BINARY,
-    "multipart/form-data": {"schema": {"type": "object", "properties": {
-        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}}, "required": ["file"]}},
-    "application/json": {"schema": {"$ref": "#/components/schemas/InstancesRequest"}},
-}, "the image itself (Content-Type image/*), multipart/form-data with one or more 'file' parts, "
-   'or JSON {"instances": [{"b64": "..."}]}')
+PREDICT_BODY = body(
+    {
+        "image/jpeg": BINARY,
+        "image/png": BINARY,
+        "application/octet-stream": BINARY,
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+                "required": ["file"],
+            }
+        },
+        "application/json": {"schema": {"$ref": "#/components/schemas/InstancesRequest"}},
+    },
+    "the image itself (Content-Type image/*), multipart/form-data with one or more 'file' parts, "
+    'or JSON {"instances": [{"b64": "..."}]}',
+)
 
-INFER_BODY = body({
-    "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
-    "application/octet-stream": {**BINARY, "description": "the binary tensor extension: JSON header "
-                                 "(Inference-Header-Content-Length bytes), then the tensors"},
-}, "an Open Inference Protocol request with one input, 'image' (BYTES, shape [N])")
+INFER_BODY = body(
+    {
+        "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}},
+        "application/octet-stream": {
+            **BINARY,
+            "description": "the binary tensor extension: JSON header "
+            "(Inference-Header-Content-Length bytes), then the tensors",
+        },
+    },
+    "an Open Inference Protocol request with one input, 'image' (BYTES, shape [N])",
+)

@@ -53,11 +53,14 @@ def load_models(specs: Sequence[str], *, runtime: str = "auto", precision: str =
             if not NAME_PATTERN.match(name) or name in models:
                 clf.close()
                 why = "is taken" if name in models else "cannot be used in a URL"
-                raise UsageError(f"model name {name!r} {why}",
-                                 hint=f"name it: --model mymodel={path} (letters, digits, '.', '_', '-')")
+                raise UsageError(
+                    f"model name {name!r} {why}",
+                    hint=f"name it: --model mymodel={path} (letters, digits, '.', '_', '-')",
+                )
             models[name] = clf
-            log.info("loaded %s: %s, %d labels, %s, version %s", name, clf.path, len(clf.labels), clf.runtime,
-                     clf.version)
+            log.info(
+                "loaded %s: %s, %d labels, %s, version %s", name, clf.path, len(clf.labels), clf.runtime, clf.version
+            )
     except BaseException:
         for clf in models.values():
             clf.close()
@@ -96,18 +99,33 @@ def _uvicorn_server_class() -> type:
     return DrainingServer
 
 
-def build_server(app: Any, *, host: str = "127.0.0.1", port: int = 8000, settings: ServeSettings | None = None,
-                 log_level: str = "warning") -> Any:
+def build_server(
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    settings: ServeSettings | None = None,
+    log_level: str = "warning",
+) -> Any:
     """A uvicorn server for ``app`` (call ``.run()``; ``.should_exit = True`` stops it from another thread)."""
     import uvicorn
 
     settings = settings or app.state.serve.settings
-    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_config=None, log_level=log_level,
-                            lifespan="on", timeout_graceful_shutdown=int(settings.timeout_s) + 5,
-                            # Bodies are read before admission: this bounds how many are held at once
-                            # (uvicorn answers 503 beyond it).
-                            limit_concurrency=4 * settings.max_queue + 64,
-                            server_header=False, date_header=True)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        access_log=False,
+        log_config=None,
+        log_level=log_level,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.timeout_s) + 5,
+        # Bodies are read before admission: this bounds how many are held at once
+        # (uvicorn answers 503 beyond it).
+        limit_concurrency=4 * settings.max_queue + 64,
+        server_header=False,
+        date_header=True,
+    )
     server = _uvicorn_server_class()(config)
     server.serve_state = app.state.serve
     server.drain_timeout_s = settings.timeout_s + 1
@@ -120,12 +138,20 @@ def bind_socket(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=family, backlog=2048)
     except OSError as exc:
-        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
-                         hint="is another server on that port? pick another with --port (0: any free one)") from None
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+            hint="is another server on that port? pick another with --port (0: any free one)",
+        ) from None
 
 
-def run_server(models: Mapping[str, Any], settings: ServeSettings, *, host: str = "127.0.0.1", port: int = 8000,
-               on_listen: Callable[[str], None] | None = None) -> None:
+def run_server(
+    models: Mapping[str, Any],
+    settings: ServeSettings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    on_listen: Callable[[str], None] | None = None,
+) -> None:
     """Serve ``models`` until SIGTERM / Ctrl-C; returns after the drain.  ``on_listen`` gets the base URL."""
     from .app import create_app
 

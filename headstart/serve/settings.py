@@ -39,11 +39,15 @@ class ServeSettings:
     def check(self) -> ServeSettings:
         """Raise a UsageError naming the flag for any value the service cannot run with."""
         if self.max_batch_size is not None and self.max_batch_size < 1:
-            raise UsageError(f"--max_batch_size must be at least 1, got {self.max_batch_size}",
-                             hint="e.g. --max_batch_size 16 (or leave it out: the runtime's best batch)")
+            raise UsageError(
+                f"--max_batch_size must be at least 1, got {self.max_batch_size}",
+                hint="e.g. --max_batch_size 16 (or leave it out: the runtime's best batch)",
+            )
         if not 0 <= self.max_batch_delay_ms <= 60_000:
-            raise UsageError(f"--max_batch_delay_ms must be between 0 and 60000, got {self.max_batch_delay_ms}",
-                             hint="e.g. --max_batch_delay_ms 5")
+            raise UsageError(
+                f"--max_batch_delay_ms must be between 0 and 60000, got {self.max_batch_delay_ms}",
+                hint="e.g. --max_batch_delay_ms 5",
+            )
         if self.max_queue < 1:
             raise UsageError(f"--max_queue must be at least 1, got {self.max_queue}", hint="e.g. --max_queue 256")
         if not self.timeout_s > 0:
@@ -51,8 +55,10 @@ class ServeSettings:
         if not self.max_body_mb > 0:
             raise UsageError(f"--max_body_mb must be positive, got {self.max_body_mb}", hint="e.g. --max_body_mb 20")
         if self.api_key is not None and (not self.api_key or any(c.isspace() for c in self.api_key)):
-            raise UsageError("the API key must be non-empty and without spaces",
-                             hint="e.g. --api_key $(python -c 'import secrets; print(secrets.token_urlsafe())')")
+            raise UsageError(
+                "the API key must be non-empty and without spaces",
+                hint="e.g. --api_key $(python -c 'import secrets; print(secrets.token_urlsafe())')",
+            )
         if self.top_k < 1:
             raise UsageError(f"top_k must be at least 1, got {self.top_k}")
         if self.decode_workers is not None and self.decode_workers < 1:

@@ -55,10 +55,16 @@ class InferRequest:
 
 
 def model_metadata(name: str, clf: Any) -> dict[str, Any]:
-    return {"name": name, "versions": [clf.version], "platform": clf.platform,
-            "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
-            "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
-                        {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(clf.labels)]}]}
+    return {
+        "name": name,
+        "versions": [clf.version],
+        "platform": clf.platform,
+        "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(clf.labels)]},
+        ],
+    }
 
 
 def _flatten(data: Any) -> list[Any]:
@@ -71,8 +77,7 @@ def _flatten(data: Any) -> list[Any]:
 
 
 def _shape(value: Any) -> list[int]:
-    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                              for d in value):
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
         raise ServeError(400, f"input {INPUT_NAME!r}: shape must be a list of non-negative integers, got {value!r}")
     return value
 
@@ -87,7 +92,7 @@ def _split_bytes_tensor(buffer: bytes, count: int) -> list[bytes]:
         offset += 4
         if offset + size > len(buffer):
             raise ServeError(400, f"input {INPUT_NAME!r}: element {i} is {size} bytes but the binary data ends sooner")
-        out.append(buffer[offset:offset + size])
+        out.append(buffer[offset : offset + size])
         offset += size
     if offset != len(buffer):
         raise ServeError(400, f"input {INPUT_NAME!r}: binary data holds more than {count} elements")
@@ -115,7 +120,7 @@ def _outputs(request: dict[str, Any], n_classes: int) -> tuple[RequestedOutput, 
     if wanted is None:
         return tuple(RequestedOutput(name, binary_all) for name in OUTPUT_NAMES)
     if not isinstance(wanted, list) or not wanted:
-        raise ServeError(400, "outputs must be a non-empty list of {\"name\": ...}")
+        raise ServeError(400, 'outputs must be a non-empty list of {"name": ...}')
     out = []
     for item in wanted:
         if not isinstance(item, dict) or item.get("name") not in OUTPUT_NAMES:
@@ -127,8 +132,11 @@ def _outputs(request: dict[str, Any], n_classes: int) -> tuple[RequestedOutput, 
         k = p.get("classification")
         if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k < 1):
             raise ServeError(400, f"output {item['name']!r}: classification must be a positive integer")
-        out.append(RequestedOutput(item["name"], bool(p.get("binary_data", binary_all)),
-                                   None if k is None else min(k, n_classes)))
+        out.append(
+            RequestedOutput(
+                item["name"], bool(p.get("binary_data", binary_all)), None if k is None else min(k, n_classes)
+            )
+        )
     return tuple(out)
 
 
@@ -146,8 +154,11 @@ def parse_infer_request(body: bytes, headers: Any, n_classes: int) -> InferReque
         header, binary = body[:split], body[split:]
     else:
         if kind not in ("", "application/json", "application/octet-stream") and not kind.endswith("+json"):
-            raise ServeError(400, f"unsupported Content-Type {kind}; send application/json (with the "
-                                  "Inference-Header-Content-Length header for binary tensors)")
+            raise ServeError(
+                400,
+                f"unsupported Content-Type {kind}; send application/json (with the "
+                "Inference-Header-Content-Length header for binary tensors)",
+            )
         header, binary = body, b""
     try:
         request = json.loads(header)
@@ -165,8 +176,9 @@ def parse_infer_request(body: bytes, headers: Any, n_classes: int) -> InferReque
     if tensor.get("name") != INPUT_NAME:
         raise ServeError(400, f"unknown input {tensor.get('name')!r}; this model takes one input named {INPUT_NAME!r}")
     if tensor.get("datatype") != "BYTES":
-        raise ServeError(400, f"input {INPUT_NAME!r} has datatype BYTES (encoded image files), "
-                              f"not {tensor.get('datatype')!r}")
+        raise ServeError(
+            400, f"input {INPUT_NAME!r} has datatype BYTES (encoded image files), not {tensor.get('datatype')!r}"
+        )
     shape = _shape(tensor.get("shape"))
     if len(shape) != 1:
         raise ServeError(400, f"input {INPUT_NAME!r} has shape [N] (one encoded file per element), got {shape}")
@@ -177,8 +189,11 @@ def parse_infer_request(body: bytes, headers: Any, n_classes: int) -> InferReque
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if not isinstance(size, int) or isinstance(size, bool) or size != len(binary):
-            raise ServeError(400, f"input {INPUT_NAME!r}: binary_data_size {size!r} does not match the "
-                                  f"{len(binary)} bytes after the JSON header")
+            raise ServeError(
+                400,
+                f"input {INPUT_NAME!r}: binary_data_size {size!r} does not match the "
+                f"{len(binary)} bytes after the JSON header",
+            )
         elements = _split_bytes_tensor(binary, count)
     else:
         if binary:
@@ -198,8 +213,7 @@ def _bytes_tensor(values: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(v)) + v for v in values)
 
 
-def build_infer_response(name: str, clf: Any, request: InferRequest, proba: np.ndarray,
-                         ) -> tuple[bytes, dict[str, str]]:
+def build_infer_response(name: str, clf: Any, request: InferRequest, proba: np.ndarray) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers (binary outputs follow the JSON header)."""
     labels = clf.labels
     n = len(proba)
@@ -207,7 +221,7 @@ def build_infer_response(name: str, clf: Any, request: InferRequest, proba: np.n
     blobs: list[bytes] = []
     for wanted in request.outputs:
         if wanted.classification is not None:
-            order = np.argsort(-proba, axis=1, kind="stable")[:, :wanted.classification]
+            order = np.argsort(-proba, axis=1, kind="stable")[:, : wanted.classification]
             strings = [f"{proba[r, j]:f}:{j}:{labels[j]}" for r in range(n) for j in order[r]]
             datatype, shape = "BYTES", [n, wanted.classification]
         elif wanted.name == "label":
@@ -218,8 +232,11 @@ def build_infer_response(name: str, clf: Any, request: InferRequest, proba: np.n
             datatype, shape = "FP32", [n, len(labels)]
         tensor: dict[str, Any] = {"name": wanted.name, "datatype": datatype, "shape": shape}
         if wanted.binary:
-            blob = (_bytes_tensor([s.encode() for s in strings]) if strings is not None
-                    else np.ascontiguousarray(proba, dtype="<f4").tobytes())
+            blob = (
+                _bytes_tensor([s.encode() for s in strings])
+                if strings is not None
+                else np.ascontiguousarray(proba, dtype="<f4").tobytes()
+            )
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
@@ -231,5 +248,7 @@ def build_infer_response(name: str, clf: Any, request: InferRequest, proba: np.n
     header = json.dumps(response, separators=(",", ":")).encode()
     if not blobs:
         return header, {"content-type": "application/json"}
-    return header + b"".join(blobs), {"content-type": "application/octet-stream",
-                                      "inference-header-content-length": str(len(header))}
+    return header + b"".join(blobs), {
+        "content-type": "application/octet-stream",
+        "inference-header-content-length": str(len(header)),
+    }

@@ -46,9 +46,11 @@ log = logging.getLogger("headstart")
 STATIC = Path(__file__).with_name("static")
 DEFAULT_MAX_UPLOAD_MB = 50.0
 MAX_FILES_PER_REQUEST = 1000
-PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-            "media-src 'self' blob: mediastream:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
-            "frame-ancestors 'none'")
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    "media-src 'self' blob: mediastream:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+)
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
@@ -86,14 +88,23 @@ def _install_guards(app: FastAPI, studio: Studio) -> None:
     async def guard(request: Request, call_next: Any) -> Response:
         host = _hostname(request.headers.get("host") or "")
         if host not in LOCAL_HOSTS:
-            return JSONResponse({"error": f"host {host!r} is not this machine",
-                                 "hint": "open the studio at the 127.0.0.1 address it printed"}, status_code=421)
+            return JSONResponse(
+                {
+                    "error": f"host {host!r} is not this machine",
+                    "hint": "open the studio at the 127.0.0.1 address it printed",
+                },
+                status_code=421,
+            )
         origin = request.headers.get("origin")
         if request.method not in SAFE_METHODS and origin and origin != "null":
             if urlsplit(origin).netloc != request.headers.get("host"):
-                return JSONResponse({"error": "requests that change data must come from the studio's own page",
-                                     "hint": f"open {request.url.scheme}://{request.headers.get('host')}/"},
-                                    status_code=403)
+                return JSONResponse(
+                    {
+                        "error": "requests that change data must come from the studio's own page",
+                        "hint": f"open {request.url.scheme}://{request.headers.get('host')}/",
+                    },
+                    status_code=403,
+                )
         response = await call_next(request)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
@@ -116,15 +127,18 @@ def _install_guards(app: FastAPI, studio: Studio) -> None:
         for err in exc.errors()[:3]:
             where = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path"))
             parts.append(f"{where}: {err.get('msg')}" if where else str(err.get("msg")))
-        return JSONResponse({"error": "bad request: " + "; ".join(parts), "hint": "see docs/STUDIO.md for the API"},
-                            status_code=422)
+        return JSONResponse(
+            {"error": "bad request: " + "; ".join(parts), "hint": "see docs/STUDIO.md for the API"}, status_code=422
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("studio: %s %s failed", request.method, request.url.path)
         first = str(exc).splitlines()[0] if str(exc) else ""
-        return JSONResponse({"error": f"unexpected {type(exc).__name__}: {first}",
-                             "hint": "the studio's terminal shows the details"}, status_code=500)
+        return JSONResponse(
+            {"error": f"unexpected {type(exc).__name__}: {first}", "hint": "the studio's terminal shows the details"},
+            status_code=500,
+        )
 
 
 async def read_json(request: Request, limit: int = 1_000_000) -> Any:
@@ -152,8 +166,11 @@ async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
     async for chunk in request.stream():
         total += len(chunk)
         if total > limit:
-            raise StudioError(413, f"upload too large (more than {_mb(limit)}); the limit is {_mb(limit)} per "
-                                   "file", "split it, or start the studio with a larger --max_upload_mb")
+            raise StudioError(
+                413,
+                f"upload too large (more than {_mb(limit)}); the limit is {_mb(limit)} per file",
+                "split it, or start the studio with a larger --max_upload_mb",
+            )
         yield chunk
 
 
@@ -165,19 +182,27 @@ async def read_uploads(request: Request, limit: int) -> list[tuple[str, bytes]]:
     """
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > limit + 64 * 1024:  # multipart headers add a little
-        raise StudioError(413, f"upload too large ({_mb(int(length))}); the limit is {_mb(limit)} per file",
-                          "pick smaller files, or start the studio with a larger --max_upload_mb")
+        raise StudioError(
+            413,
+            f"upload too large ({_mb(int(length))}); the limit is {_mb(limit)} per file",
+            "pick smaller files, or start the studio with a larger --max_upload_mb",
+        )
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("multipart/form-data"):
-        parser = MultiPartParser(request.headers, _limited(request, limit + 64 * 1024),  # type: ignore[arg-type]
-                                 max_files=MAX_FILES_PER_REQUEST, max_fields=100)
+        parser = MultiPartParser(
+            request.headers,
+            _limited(request, limit + 64 * 1024),  # type: ignore[arg-type]
+            max_files=MAX_FILES_PER_REQUEST,
+            max_fields=100,
+        )
         try:
             form = await parser.parse()
         except StudioError:
             raise
         except Exception as exc:  # a malformed body from a client
-            raise StudioError(422, f"cannot read the upload: {exc}", "send multipart/form-data with 'files' parts") \
-                from None
+            raise StudioError(
+                422, f"cannot read the upload: {exc}", "send multipart/form-data with 'files' parts"
+            ) from None
         out = []
         try:
             for _, value in form.multi_items():
@@ -196,15 +221,27 @@ async def read_uploads(request: Request, limit: int) -> list[tuple[str, bytes]]:
     return [(name, data)]
 
 
-def create_studio_app(data_dir: str | Path, *, cache_dir: str | Path | None = None,
-                      max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, max_pixels: int | None = None) -> FastAPI:
+def create_studio_app(
+    data_dir: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
+    max_pixels: int | None = None,
+) -> FastAPI:
     """The studio over ``data_dir`` (one sub-folder per project); ``cache_dir`` is the bottleneck cache."""
     from ..data import DEFAULT_MAX_PIXELS
 
     store = Store(data_dir)
     engine = Engine(Path(cache_dir).expanduser() if cache_dir is not None else None)
-    studio = Studio(store, engine, JobManager(), ModelCache(store, engine), ServeManager(),
-                    int(max_upload_mb * 1_000_000), max_pixels or DEFAULT_MAX_PIXELS)
+    studio = Studio(
+        store,
+        engine,
+        JobManager(),
+        ModelCache(store, engine),
+        ServeManager(),
+        int(max_upload_mb * 1_000_000),
+        max_pixels or DEFAULT_MAX_PIXELS,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -265,9 +302,13 @@ def _collect_routes(app: FastAPI, studio: Studio) -> None:
         if offset < 0 or not 1 <= limit <= 1000:
             raise StudioError(422, "offset must be 0 or more and limit between 1 and 1000")
         images = store.list_images(project, cls)
-        page = images[offset:offset + limit]
-        return {"class": cls, "total": len(images), "offset": offset,
-                "items": [{**i.to_dict(), "v": int(i.mtime)} for i in page]}
+        page = images[offset : offset + limit]
+        return {
+            "class": cls,
+            "total": len(images),
+            "offset": offset,
+            "items": [{**i.to_dict(), "v": int(i.mtime)} for i in page],
+        }
 
     @app.post("/api/projects/{project}/classes/{cls}/images")
     async def upload(project: str, cls: str, request: Request) -> JSONResponse:
@@ -318,5 +359,8 @@ def _paths(value: Any) -> list[str]:
 def _busy_guard(studio: Studio, project: str, what: str) -> None:
     job = studio.jobs.current(project)
     if job is not None and job.running:
-        raise StudioError(409, f"cannot {what} while {'training' if job.kind == 'train' else 'the doctor'} runs",
-                          "wait for it to finish")
+        raise StudioError(
+            409,
+            f"cannot {what} while {'training' if job.kind == 'train' else 'the doctor'} runs",
+            "wait for it to finish",
+        )

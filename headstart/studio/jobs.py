@@ -49,8 +49,9 @@ class Job:
         with self._cond:
             if len(self.events) >= MAX_EVENTS and kind not in FINISHED:
                 return
-            self.events.append({"id": len(self.events), "type": kind, "t": round(time.time() - self.started, 3),
-                                **data})
+            self.events.append(
+                {"id": len(self.events), "type": kind, "t": round(time.time() - self.started, 3), **data}
+            )
             self._cond.notify_all()
 
     def check_cancel(self) -> None:
@@ -69,9 +70,18 @@ class Job:
         return self.state == "running"
 
     def summary(self) -> dict[str, Any]:
-        return {"id": self.id, "project": self.project, "kind": self.kind, "state": self.state,
-                "started": self.started, "finished": self.finished, "events": len(self.events),
-                "result": self.result, "error": self.error, "settings": self.settings}
+        return {
+            "id": self.id,
+            "project": self.project,
+            "kind": self.kind,
+            "state": self.state,
+            "started": self.started,
+            "finished": self.finished,
+            "events": len(self.events),
+            "result": self.result,
+            "error": self.error,
+            "settings": self.settings,
+        }
 
 
 class _ThreadLogs(logging.Handler):
@@ -104,15 +114,19 @@ class JobManager:
         self._current: dict[str, Job] = {}  # by project: the running or last job
         self._counter = 0
 
-    def start(self, project: str, kind: str, work: Callable[[Job], dict[str, Any]],
-              settings: dict[str, Any] | None = None) -> Job:
+    def start(
+        self, project: str, kind: str, work: Callable[[Job], dict[str, Any]], settings: dict[str, Any] | None = None
+    ) -> Job:
         with self._lock:
             current = self._current.get(project)
             if current is not None and current.running:
                 what = "a training run" if current.kind == "train" else "the data doctor"
-                raise StudioError(409, f"{what} is already running for project {project!r} "
-                                       f"(started {time.time() - current.started:.0f} s ago)",
-                                  "wait for it to finish, or cancel it")
+                raise StudioError(
+                    409,
+                    f"{what} is already running for project {project!r} "
+                    f"(started {time.time() - current.started:.0f} s ago)",
+                    "wait for it to finish, or cancel it",
+                )
             self._counter += 1
             job = Job(f"{kind}-{self._counter}", project, kind, dict(settings or {}))
             self._jobs[job.id] = job

@@ -39,19 +39,32 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
     def info() -> dict[str, Any]:
         from ..settings import SETTINGS
 
-        return {"version": __version__, "data_dir": str(store.root), "max_upload_mb": studio.max_upload_bytes / 1e6,
-                "settings": form(), "export_formats": list(EXPORT_FORMATS),
-                "features": {"doctor": doctor_available(), "serve": serve_available(),
-                             "fine_tune": "fine_tune_blocks" in SETTINGS}}
+        return {
+            "version": __version__,
+            "data_dir": str(store.root),
+            "max_upload_mb": studio.max_upload_bytes / 1e6,
+            "settings": form(),
+            "export_formats": list(EXPORT_FORMATS),
+            "features": {
+                "doctor": doctor_available(),
+                "serve": serve_available(),
+                "fine_tune": "fine_tune_blocks" in SETTINGS,
+            },
+        }
 
     @app.get("/api/projects/{project}")
     def project(project: str) -> dict[str, Any]:
         store.project_dir(project)
         runs = list_runs(store, project)
         train, doctor = jobs.latest(project, "train"), jobs.latest(project, "doctor")
-        return {"name": project, "path": str(store.project_dir(project)), "classes": store.list_classes(project),
-                "runs": runs[:50], "job": train.summary() if train else None,
-                "doctor_job": doctor.summary() if doctor else None}
+        return {
+            "name": project,
+            "path": str(store.project_dir(project)),
+            "classes": store.list_classes(project),
+            "runs": runs[:50],
+            "job": train.summary() if train else None,
+            "doctor_job": doctor.summary() if doctor else None,
+        }
 
     # ---------------------------------------------------------------- train and jobs
     @app.post("/api/projects/{project}/train", status_code=202)
@@ -61,14 +74,17 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
         filled = [c for c in classes if c["count"] > 0]
         if len(filled) < 2:
             have = ", ".join(f"{c['name']} ({c['count']})" for c in classes) or "no classes yet"
-            raise StudioError(422, f"training needs at least two classes with images; this project has {have}",
-                              "add a second class and some images of it")
+            raise StudioError(
+                422,
+                f"training needs at least two classes with images; this project has {have}",
+                "add a second class and some images of it",
+            )
         empty = [c["name"] for c in classes if c["count"] == 0]
         if empty:
-            raise StudioError(422, f"class {empty[0]!r} has no images yet",
-                              "add images to it, or delete the empty class")
-        job = jobs.start(project, "train", train_work(store, studio.engine, studio.models, project, settings),
-                         settings)
+            raise StudioError(
+                422, f"class {empty[0]!r} has no images yet", "add images to it, or delete the empty class"
+            )
+        job = jobs.start(project, "train", train_work(store, studio.engine, studio.models, project, settings), settings)
         return job.summary()
 
     @app.get("/api/projects/{project}/jobs/{job_id}")
@@ -104,8 +120,9 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
                     return
                 await asyncio.sleep(EVENT_POLL_S)
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return StreamingResponse(
+            stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
     # ---------------------------------------------------------------- runs
     @app.get("/api/projects/{project}/runs")
@@ -131,22 +148,29 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
     async def start_doctor(project: str, request: Request) -> dict[str, Any]:
         body = await read_json(request)
         if not doctor_available():
-            raise StudioError(501, "the data doctor is not part of this installation",
-                              "update headstart to a version with 'headstart doctor'")
+            raise StudioError(
+                501,
+                "the data doctor is not part of this installation",
+                "update headstart to a version with 'headstart doctor'",
+            )
         backbone = body.get("backbone") if isinstance(body, dict) else None
         classes = [c for c in store.list_classes(project) if c["count"]]
         if not classes:
             raise StudioError(422, "the project has no images to check", "add images first")
-        job = jobs.start(project, "doctor", doctor_work(store, studio.engine, project,
-                                                        backbone or "efficientnet_lite0"))
+        job = jobs.start(
+            project, "doctor", doctor_work(store, studio.engine, project, backbone or "efficientnet_lite0")
+        )
         return job.summary()
 
     @app.get("/api/projects/{project}/doctor")
     def doctor_findings(project: str) -> dict[str, Any]:
         store.project_dir(project)
         job = jobs.latest(project, "doctor")
-        return {"available": doctor_available(), "job": job.summary() if job else None,
-                "report": read_doctor(store, project)}
+        return {
+            "available": doctor_available(),
+            "job": job.summary() if job else None,
+            "report": read_doctor(store, project),
+        }
 
     # ---------------------------------------------------------------- try
     @app.post("/api/projects/{project}/runs/{run_id}/predict")
@@ -166,9 +190,13 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
         body = await read_json(request)
         fmt = body.get("format", "onnx") if isinstance(body, dict) else "onnx"
         path = await run_in_threadpool(export_zip, store, studio.engine, project, run_id, fmt)
-        return {"format": fmt, "file": path.name, "size": path.stat().st_size,
-                "download": f"/api/projects/{project}/exports/{path.name}",
-                "run": run_summary(run_dir(store, project, run_id))}
+        return {
+            "format": fmt,
+            "file": path.name,
+            "size": path.stat().st_size,
+            "download": f"/api/projects/{project}/exports/{path.name}",
+            "run": run_summary(run_dir(store, project, run_id)),
+        }
 
     @app.get("/api/projects/{project}/exports/{name}")
     def download(project: str, name: str) -> FileResponse:
@@ -192,4 +220,3 @@ def add_routes(app: FastAPI, studio: Studio) -> None:
     @app.delete("/api/serve")
     async def serve_stop() -> dict[str, Any]:
         return await run_in_threadpool(studio.serve.stop)
-

@@ -47,15 +47,25 @@ def run_summary(path: Path) -> dict[str, Any]:
     metrics = _read_json(metrics_file)
     manifest = _read_json(path / "headstart.json")
     test = metrics.get("test", {})
-    exports = sorted(p.name for p in (path / "export").glob("*") if p.suffix in (".onnx", ".xml")) \
-        if (path / "export").is_dir() else []
-    row = {"id": path.name, "created": os.path.getmtime(path / "headstart.json"),
-           "accuracy": test.get("accuracy"), "n": test.get("n"), "labels": test.get("labels") or manifest.get("labels"),
-           "backbone": (manifest.get("backbone") or {}).get("name"),
-           "fine_tune_blocks": (manifest.get("backbone") or {}).get("fine_tune_blocks"),
-           "hyperparameters": manifest.get("hyperparameters", {}), "splits": metrics.get("splits"),
-           "validation_accuracy": (metrics.get("validation") or {}).get("accuracy"),
-           "timing": metrics.get("timing"), "exports": exports}
+    exports = (
+        sorted(p.name for p in (path / "export").glob("*") if p.suffix in (".onnx", ".xml"))
+        if (path / "export").is_dir()
+        else []
+    )
+    row = {
+        "id": path.name,
+        "created": os.path.getmtime(path / "headstart.json"),
+        "accuracy": test.get("accuracy"),
+        "n": test.get("n"),
+        "labels": test.get("labels") or manifest.get("labels"),
+        "backbone": (manifest.get("backbone") or {}).get("name"),
+        "fine_tune_blocks": (manifest.get("backbone") or {}).get("fine_tune_blocks"),
+        "hyperparameters": manifest.get("hyperparameters", {}),
+        "splits": metrics.get("splits"),
+        "validation_accuracy": (metrics.get("validation") or {}).get("accuracy"),
+        "timing": metrics.get("timing"),
+        "exports": exports,
+    }
     _summaries[str(path)] = (stamp, row)
     return row
 
@@ -77,13 +87,20 @@ def run_details(store: Store, project: str, run_id: str) -> dict[str, Any]:
     misclassified = sorted(metrics.get("misclassified", []), key=lambda m: -float(m.get("score", 0)))
     for item in misclassified:
         item["exists"] = _exists(root, item.get("path"))
-    return {**run_summary(path), "test": test, "per_class": test.get("per_class", {}),
-            "confusion_matrix": test.get("confusion_matrix"), "misclassified": misclassified,
-            "calibration": {k: v for k, v in (metrics.get("calibration") or {}).items()
-                            if not k.startswith("reliability")},
-            "unknown": metrics.get("unknown"), "history": metrics.get("history", []),
-            "training": metrics.get("training"), "bottlenecks": metrics.get("bottlenecks"),
-            "skipped": metrics.get("skipped", [])[:100], "report": (path / "report.html").is_file()}
+    return {
+        **run_summary(path),
+        "test": test,
+        "per_class": test.get("per_class", {}),
+        "confusion_matrix": test.get("confusion_matrix"),
+        "misclassified": misclassified,
+        "calibration": {k: v for k, v in (metrics.get("calibration") or {}).items() if not k.startswith("reliability")},
+        "unknown": metrics.get("unknown"),
+        "history": metrics.get("history", []),
+        "training": metrics.get("training"),
+        "bottlenecks": metrics.get("bottlenecks"),
+        "skipped": metrics.get("skipped", [])[:100],
+        "report": (path / "report.html").is_file(),
+    }
 
 
 def _exists(root: Path, rel: Any) -> bool:
@@ -102,11 +119,17 @@ def cell_images(store: Store, project: str, run_id: str, true: str, predicted: s
     if snapshot is None:
         # Runs trained outside the studio: the misclassified list still names the off-diagonal cells.
         if true == predicted:
-            raise StudioError(404, "this run has no per-image predictions for correct answers",
-                              "runs trained in the studio keep them; retrain here to see this cell")
+            raise StudioError(
+                404,
+                "this run has no per-image predictions for correct answers",
+                "runs trained in the studio keep them; retrain here to see this cell",
+            )
         metrics = _read_json(path / "metrics.json")
-        items = [dict(m) for m in metrics.get("misclassified", []) if m.get("label") == true
-                 and m.get("predicted") == predicted]
+        items = [
+            dict(m)
+            for m in metrics.get("misclassified", [])
+            if m.get("label") == true and m.get("predicted") == predicted
+        ]
     else:
         items = [dict(i) for i in snapshot["items"] if i["label"] == true and i["predicted"] == predicted]
     items.sort(key=lambda i: -float(i.get("score", 0)))

@@ -14,8 +14,14 @@ log = logging.getLogger("headstart")
 HOST = "127.0.0.1"  # the studio reads and writes the user's files: this machine only, always
 
 
-def run_studio_server(data_dir: str | Path, *, port: int = 8080, cache_dir: str | Path | None = None,
-                      max_upload_mb: float = 50.0, on_listen: Callable[[str], None] | None = None) -> None:
+def run_studio_server(
+    data_dir: str | Path,
+    *,
+    port: int = 8080,
+    cache_dir: str | Path | None = None,
+    max_upload_mb: float = 50.0,
+    on_listen: Callable[[str], None] | None = None,
+) -> None:
     """Serve the studio until Ctrl-C or SIGTERM; ``on_listen(url)`` is called once the socket is bound."""
     import uvicorn
 
@@ -27,8 +33,10 @@ def run_studio_server(data_dir: str | Path, *, port: int = 8080, cache_dir: str 
         sock.bind((HOST, port))
     except OSError as exc:
         sock.close()
-        raise UsageError(f"cannot listen on {HOST}:{port}: {exc.strerror or exc}",
-                         hint="another program uses that port: pass --port 0 for a free one") from None
+        raise UsageError(
+            f"cannot listen on {HOST}:{port}: {exc.strerror or exc}",
+            hint="another program uses that port: pass --port 0 for a free one",
+        ) from None
     sock.listen(128)
     url = f"http://{HOST}:{sock.getsockname()[1]}"
     app = create_studio_app(data_dir, cache_dir=cache_dir, max_upload_mb=max_upload_mb)
@@ -54,11 +62,13 @@ class StudioThread:
         self._sock.bind((HOST, port))
         self._sock.listen(128)
         self.url = f"http://{HOST}:{self._sock.getsockname()[1]}"
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="on",
-                                timeout_graceful_shutdown=5)
+        config = uvicorn.Config(
+            self.app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=5
+        )
         self._server = uvicorn.Server(config)  # in a thread uvicorn leaves the signal handlers alone
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name="headstart-studio", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, name="headstart-studio", daemon=True
+        )
 
     def __enter__(self) -> StudioThread:
         import time

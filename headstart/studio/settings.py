@@ -16,11 +16,34 @@ from ..settings import SETTINGS, check_value
 from .errors import StudioError
 
 MAIN = ("backbone", "how_many_training_steps", "learning_rate", "train_batch_size", "fine_tune_blocks")
-ADVANCED = ("optimizer", "testing_percentage", "validation_percentage", "early_stopping", "hidden_units", "dropout",
-            "weight_decay", "label_smoothing", "class_weights", "unknown_accept", "eval_step_interval",
-            "validation_batch_size", "test_batch_size", "seed", "crop_pct", "runtime", "precision",
-            "flip_left_right", "random_crop", "random_scale", "random_brightness", "distorted_copies",
-            "fine_tune_epochs", "fine_tune_learning_rate", "fine_tune_label_smoothing", "write_report")
+ADVANCED = (
+    "optimizer",
+    "testing_percentage",
+    "validation_percentage",
+    "early_stopping",
+    "hidden_units",
+    "dropout",
+    "weight_decay",
+    "label_smoothing",
+    "class_weights",
+    "unknown_accept",
+    "eval_step_interval",
+    "validation_batch_size",
+    "test_batch_size",
+    "seed",
+    "crop_pct",
+    "runtime",
+    "precision",
+    "flip_left_right",
+    "random_crop",
+    "random_scale",
+    "random_brightness",
+    "distorted_copies",
+    "fine_tune_epochs",
+    "fine_tune_learning_rate",
+    "fine_tune_label_smoothing",
+    "write_report",
+)
 # The studio shows every number itself, so it skips the HTML report unless asked (it costs about a second),
 # and it measures the validation set every 20 steps instead of 100 so that the curves it draws have points.
 STUDIO_DEFAULTS: dict[str, Any] = {"write_report": False, "eval_step_interval": 20}
@@ -48,14 +71,22 @@ def form_fields() -> list[dict[str, Any]]:
         setting = SETTINGS.get(name)
         if setting is None:  # a setting this version does not have
             continue
-        row: dict[str, Any] = {"name": name, "label": name.replace("_", " "), "kind": _kind(name),
-                               "default": STUDIO_DEFAULTS.get(name, setting.default), "help": setting.help,
-                               "group": setting.group, "main": name in MAIN}
+        row: dict[str, Any] = {
+            "name": name,
+            "label": name.replace("_", " "),
+            "kind": _kind(name),
+            "default": STUDIO_DEFAULTS.get(name, setting.default),
+            "help": setting.help,
+            "group": setting.group,
+            "main": name in MAIN,
+        }
         if setting.choices:
             row["choices"] = [{"value": c, "label": c} for c in setting.choices]
         if name == "backbone":
-            row["choices"] = [{"value": b.name, "label": b.name + ("" if b.offline else " (needs download)"),
-                               "offline": b.offline} for b in list_backbones()]
+            row["choices"] = [
+                {"value": b.name, "label": b.name + ("" if b.offline else " (needs download)"), "offline": b.offline}
+                for b in list_backbones()
+            ]
         fields.append(row)
     return fields
 
@@ -97,7 +128,7 @@ def parse_settings(body: Any) -> dict[str, Any]:
     if body is None:
         body = {}
     if not isinstance(body, dict):
-        raise StudioError(422, "training settings must be a JSON object, e.g. {\"learning_rate\": 0.001}")
+        raise StudioError(422, 'training settings must be a JSON object, e.g. {"learning_rate": 0.001}')
     allowed = set(MAIN) | set(ADVANCED)
     out: dict[str, Any] = {k: v for k, v in STUDIO_DEFAULTS.items() if k in SETTINGS}
     for name, value in body.items():
@@ -114,8 +145,11 @@ def parse_settings(body: Any) -> dict[str, Any]:
     testing = out.get("testing_percentage", SETTINGS["testing_percentage"].default)
     validation = out.get("validation_percentage", SETTINGS["validation_percentage"].default)
     if testing + validation > 100:
-        raise StudioError(422, f"testing ({testing}) plus validation ({validation}) percentage is over 100",
-                          "leave some images for training, e.g. 10 and 10")
+        raise StudioError(
+            422,
+            f"testing ({testing}) plus validation ({validation}) percentage is over 100",
+            "leave some images for training, e.g. 10 and 10",
+        )
     return out
 
 

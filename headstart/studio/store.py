@@ -34,8 +34,15 @@ STUDIO_DIR = ".studio"  # thumbnails, prediction snapshots, exports: the studio'
 RUNS_DIR = "runs"
 HASH_CHARS = 16  # 64 bits of SHA-256: a collision needs billions of images
 # What Pillow calls each format we store, and the extension it gets when the upload's own does not fit.
-FORMAT_EXTENSIONS = {"JPEG": (".jpg", ".jpeg"), "PNG": (".png",), "WEBP": (".webp",), "BMP": (".bmp",),
-                     "GIF": (".gif",), "TIFF": (".tif", ".tiff"), "MPO": (".jpg", ".jpeg")}
+FORMAT_EXTENSIONS = {
+    "JPEG": (".jpg", ".jpeg"),
+    "PNG": (".png",),
+    "WEBP": (".webp",),
+    "BMP": (".bmp",),
+    "GIF": (".gif",),
+    "TIFF": (".tif", ".tiff"),
+    "MPO": (".jpg", ".jpeg"),
+}
 
 
 def check_name(name: Any, what: str = "class") -> str:
@@ -89,8 +96,11 @@ class Added:
     message: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in {"file": self.file, "status": self.status, "path": self.path,
-                                  "message": self.message}.items() if v is not None}
+        return {
+            k: v
+            for k, v in {"file": self.file, "status": self.status, "path": self.path, "message": self.message}.items()
+            if v is not None
+        }
 
 
 def is_image_name(name: str) -> bool:
@@ -121,8 +131,14 @@ class Store:
                 if entry.name.startswith(".") or not entry.is_dir():
                     continue
                 classes = self.list_classes(entry.name)
-                out.append({"name": entry.name, "classes": len(classes),
-                            "images": sum(c["count"] for c in classes), "runs": self.count_runs(entry.name)})
+                out.append(
+                    {
+                        "name": entry.name,
+                        "classes": len(classes),
+                        "images": sum(c["count"] for c in classes),
+                        "runs": self.count_runs(entry.name),
+                    }
+                )
         return out
 
     def create_project(self, project: str) -> Path:
@@ -156,8 +172,16 @@ class Store:
     def _class_entries(self, project: str) -> list[str]:
         root = self.project_dir(project)
         with os.scandir(root) as it:
-            return sorted((e.name for e in it if not e.name.startswith(".") and e.is_dir()
-                           and not os.path.exists(os.path.join(e.path, RUNS_MARKER))), key=str.casefold)
+            return sorted(
+                (
+                    e.name
+                    for e in it
+                    if not e.name.startswith(".")
+                    and e.is_dir()
+                    and not os.path.exists(os.path.join(e.path, RUNS_MARKER))
+                ),
+                key=str.casefold,
+            )
 
     def list_classes(self, project: str) -> list[dict[str, Any]]:
         return [{"name": c, "count": len(self.list_images(project, c))} for c in self._class_entries(project)]
@@ -176,8 +200,12 @@ class Store:
             if existing == name:
                 raise StudioError(409, f"class {name!r} already exists", "pick another name")
             if _fold(existing) == _fold(name):
-                raise StudioError(409, f"class {name!r} is too close to {existing!r} (only case or punctuation "
-                                       "differs), and training would refuse the two", "pick a clearly different name")
+                raise StudioError(
+                    409,
+                    f"class {name!r} is too close to {existing!r} (only case or punctuation "
+                    "differs), and training would refuse the two",
+                    "pick a clearly different name",
+                )
         if not _fold(name):
             raise StudioError(422, f"class name {name!r} needs at least one letter or digit", "e.g. cats")
 
@@ -202,8 +230,11 @@ class Store:
     def delete_class(self, project: str, cls: str) -> None:
         path = self.class_dir(project, cls)
         if self.list_images(project, path.name):
-            raise StudioError(409, f"class {path.name!r} still holds images",
-                              "move or delete its images first, so nothing is lost by accident")
+            raise StudioError(
+                409,
+                f"class {path.name!r} still holds images",
+                "move or delete its images first, so nothing is lost by accident",
+            )
         shutil.rmtree(path)
         self._listings.pop(f"{project}/{path.name}", None)
 
@@ -291,8 +322,11 @@ class Store:
         ext = os.path.splitext(shown)[1].lower()
         allowed = FORMAT_EXTENSIONS.get(probe.format or "", ())
         if not allowed:
-            return Added(shown, "error", message=f"{shown}: {probe.format} images are not supported; "
-                                                 "use JPEG, PNG, WebP, BMP, GIF or TIFF")
+            return Added(
+                shown,
+                "error",
+                message=f"{shown}: {probe.format} images are not supported; use JPEG, PNG, WebP, BMP, GIF or TIFF",
+            )
         if ext not in allowed:
             ext = allowed[0]
         name = hashlib.sha256(data).hexdigest()[:HASH_CHARS] + ext
@@ -322,8 +356,9 @@ class Store:
                     if _same_file(src, dest):
                         src.unlink()  # the target already holds these bytes: keep one copy
                     else:
-                        raise StudioError(409, f"{target.name}/{src.name} already exists and differs",
-                                          "rename one of them first")
+                        raise StudioError(
+                            409, f"{target.name}/{src.name} already exists and differs", "rename one of them first"
+                        )
                 else:
                     os.rename(src, dest)
                 moved.append({"from": rel, "to": f"{target.name}/{src.name}"})
@@ -350,4 +385,3 @@ def _same_file(a: Path, b: Path) -> bool:
     if a.stat().st_size != b.stat().st_size:
         return False
     return hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
-

@@ -79,8 +79,9 @@ def predict(models: ModelCache, project: str, run_id: str, data: bytes, name: st
     try:
         prediction = clf.predict_images([data], top_k=top_k, names=[name])[0]
     except ImageError as exc:
-        raise StudioError(422, f"{name}: {getattr(exc, 'reason', None) or exc}",
-                          "use a JPEG, PNG, WebP, BMP, GIF or TIFF image") from None
+        raise StudioError(
+            422, f"{name}: {getattr(exc, 'reason', None) or exc}", "use a JPEG, PNG, WebP, BMP, GIF or TIFF image"
+        ) from None
     row = prediction.to_dict()
     row.setdefault("unknown", False)
     return {"run": run_id, "labels": list(clf.labels), **row}
@@ -135,20 +136,32 @@ def export_zip(store: Store, engine: Engine, project: str, run_id: str, model_fo
     try:
         result = export_model(path, model_format=model_format, cache_dir=engine.cache_dir, progress=False)
     except DataError as exc:  # the self-check reads the project's test images with the run's labels
-        raise StudioError(422, f"cannot check the export against this project's test images: {exc}",
-                          "train again (the project changed since this run), then export the new run") from None
+        raise StudioError(
+            422,
+            f"cannot check the export against this project's test images: {exc}",
+            "train again (the project changed since this run), then export the new run",
+        ) from None
     summary = run_summary(path)
     files = [Path(f) for f in result.files]
     accuracy = summary.get("accuracy")
-    names = {".onnx": "the model (ONNX)", ".xml": "the model (OpenVINO IR graph)",
-             ".bin": "the model's weights (OpenVINO IR)", ".json": "the sidecar: labels, preprocessing, checks"}
+    names = {
+        ".onnx": "the model (ONNX)",
+        ".xml": "the model (OpenVINO IR graph)",
+        ".bin": "the model's weights (OpenVINO IR)",
+        ".json": "the sidecar: labels, preprocessing, checks",
+    }
     readme = README.format(
-        project=project, k=len(summary.get("labels") or []), labels=", ".join(summary.get("labels") or []),
-        accuracy=f"{100 * accuracy:.1f} %" if accuracy is not None else "unknown", n=summary.get("n"), run=run_id,
+        project=project,
+        k=len(summary.get("labels") or []),
+        labels=", ".join(summary.get("labels") or []),
+        accuracy=f"{100 * accuracy:.1f} %" if accuracy is not None else "unknown",
+        n=summary.get("n"),
+        run=run_id,
         files="\n".join(f"- `{f.name}`: {names.get(f.suffix, 'part of the model')}" for f in files)
         + "\n- `labels.txt`: the class names, one a line, in the model's output order",
-        model=result.path.name, runtime_pip="onnxruntime numpy pillow" if model_format == "onnx"
-        else "openvino numpy pillow")
+        model=result.path.name,
+        runtime_pip="onnxruntime numpy pillow" if model_format == "onnx" else "openvino numpy pillow",
+    )
     out_dir = store.studio_dir(project, "exports")
     target = out_dir / f"{project}-{run_id}-{model_format}.zip"
     partial = target.with_name(f".{target.name}.partial")
@@ -168,8 +181,10 @@ def export_zip(store: Store, engine: Engine, project: str, run_id: str, model_fo
 
 
 def serve_available() -> bool:
-    return importlib.util.find_spec("headstart.serve") is not None and \
-        importlib.util.find_spec("headstart.cli.serve") is not None
+    return (
+        importlib.util.find_spec("headstart.serve") is not None
+        and importlib.util.find_spec("headstart.cli.serve") is not None
+    )
 
 
 def _free_port() -> int:
@@ -189,21 +204,42 @@ class ServeManager:
 
     def start(self, store: Store, project: str, run_id: str, port: int | None = None) -> dict[str, Any]:
         if not serve_available():
-            raise StudioError(501, "'headstart serve' is not part of this installation",
-                              "update headstart to a version with 'headstart serve'")
+            raise StudioError(
+                501,
+                "'headstart serve' is not part of this installation",
+                "update headstart to a version with 'headstart serve'",
+            )
         path = run_dir(store, project, run_id)
         if port is not None and not (1024 <= port <= 65535):
             raise StudioError(422, f"port must be between 1024 and 65535, got {port}", "or leave it empty")
         self.stop()
         port = port or _free_port()
         self._log = store.studio_dir(project) / "serve.log"
-        cmd = [sys.executable, "-m", "headstart", "serve", "--model", str(path), "--host", "127.0.0.1",
-               "--port", str(port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "headstart",
+            "serve",
+            "--model",
+            str(path),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
         with self._lock, open(self._log, "wb") as out:
-            self._proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True)
-            self._info = {"project": project, "run": run_id, "port": port, "url": f"http://127.0.0.1:{port}",
-                          "pid": self._proc.pid, "started": time.time(), "model": path.name}
+            self._proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
+            self._info = {
+                "project": project,
+                "run": run_id,
+                "port": port,
+                "url": f"http://127.0.0.1:{port}",
+                "pid": self._proc.pid,
+                "started": time.time(),
+                "model": path.name,
+            }
         log.info("started headstart serve on %s (pid %d)", self._info["url"], self._proc.pid)
         return self.status()
 

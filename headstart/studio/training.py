@@ -96,8 +96,14 @@ def _extract(job: Job, engine: Engine, config: Any, index: Any) -> Any:
 
     def on_lookup(total: int, cached: int) -> None:
         state.update(total=total, missing=total - cached)
-        job.emit("bottlenecks", total=total, cached=cached, missing=total - cached, done=0,
-                 warm=engine.is_warm(backbone, choice))
+        job.emit(
+            "bottlenecks",
+            total=total,
+            cached=cached,
+            missing=total - cached,
+            done=0,
+            warm=engine.is_warm(backbone, choice),
+        )
 
     warm = engine.runner(backbone, choice)
 
@@ -105,18 +111,31 @@ def _extract(job: Job, engine: Engine, config: Any, index: Any) -> Any:
         job.check_cancel()
         out = warm(images)
         state["done"] += len(images)
-        job.emit("bottlenecks", total=state["total"], missing=state["missing"], done=state["done"],
-                 cached=state["total"] - state["missing"])
+        job.emit(
+            "bottlenecks",
+            total=state["total"],
+            missing=state["missing"],
+            done=state["done"],
+            cached=state["total"] - state["missing"],
+        )
         return out
 
     with BottleneckCache(config.bottleneck_dir) as cache:
-        return compute_bottlenecks(index.records, backbone, _CountingCache(cache, on_lookup), runtime=choice,  # type: ignore[arg-type]
-                                   runner=counting, batch_size=config.extraction_batch_size,
-                                   workers=config.workers, progress=False)
+        return compute_bottlenecks(
+            index.records,
+            backbone,
+            _CountingCache(cache, on_lookup),  # type: ignore[arg-type]
+            runtime=choice,
+            runner=counting,
+            batch_size=config.extraction_batch_size,
+            workers=config.workers,
+            progress=False,
+        )
 
 
-def train_work(store: Store, engine: Engine, models: Any, project: str,
-               settings: dict[str, Any]) -> Callable[[Job], dict[str, Any]]:
+def train_work(
+    store: Store, engine: Engine, models: Any, project: str, settings: dict[str, Any]
+) -> Callable[[Job], dict[str, Any]]:
     """The body of a training job for ``project`` with checked ``settings``."""
 
     def work(job: Job) -> dict[str, Any]:
@@ -128,14 +147,20 @@ def train_work(store: Store, engine: Engine, models: Any, project: str,
         start = time.perf_counter()
         root = store.project_dir(project)
         output = default_run_dir(store.runs_dir(project))
-        config = RetrainConfig(image_dir=root, output_dir=output, bottleneck_dir=engine.cache_dir, progress=False,
-                               **settings)
+        config = RetrainConfig(
+            image_dir=root, output_dir=output, bottleneck_dir=engine.cache_dir, progress=False, **settings
+        )
         check_config(config)
         job.emit("phase", phase="index", message="Reading the class folders")
         index = index_image_dir(root, config.validation_percentage, config.testing_percentage)
         counts = index.counts()
-        job.emit("index", classes=list(index.labels), images=len(index.records), skipped=len(index.skipped),
-                 splits={s: sum(c[s] for c in counts.values()) for s in ("training", "validation", "testing")})
+        job.emit(
+            "index",
+            classes=list(index.labels),
+            images=len(index.records),
+            skipped=len(index.skipped),
+            splits={s: sum(c[s] for c in counts.values()) for s in ("training", "validation", "testing")},
+        )
         bottlenecks = None
         if not config.fine_tune_blocks:  # fine-tuning caches its own maps: retrain reports those itself
             job.emit("phase", phase="bottlenecks", message="Turning images into bottleneck vectors")
@@ -152,9 +177,14 @@ def train_work(store: Store, engine: Engine, models: Any, project: str,
         run_id = result.run_dir.name
         test = result.metrics["test"]
         seconds = round(time.perf_counter() - start, 3)
-        done = {"run": run_id, "accuracy": test["accuracy"], "n": test["n"], "seconds": seconds,
-                "bottlenecks": result.metrics.get("bottlenecks"),
-                "computed": bottlenecks.computed if bottlenecks is not None else None}
+        done = {
+            "run": run_id,
+            "accuracy": test["accuracy"],
+            "n": test["n"],
+            "seconds": seconds,
+            "bottlenecks": result.metrics.get("bottlenecks"),
+            "computed": bottlenecks.computed if bottlenecks is not None else None,
+        }
         # The accuracy goes to the page first; the per-image snapshot for the matrix follows.
         job.emit("result", **done)
         job.emit("phase", phase="snapshot", message="Keeping the test predictions for the confusion matrix")
@@ -181,9 +211,15 @@ def write_predictions(store: Store, engine: Engine, models: Any, project: str, r
     items = []
     order = proba.argmax(axis=1) if len(kept) else np.zeros(0, dtype=int)
     for i, (record, p) in enumerate(zip(kept, order)):
-        items.append({"path": record.relpath, "label": record.label, "predicted": labels[int(p)],
-                      "score": round(float(proba[i, p]), 6),
-                      "unknown": bool(unknown[i]) if unknown is not None else False})
+        items.append(
+            {
+                "path": record.relpath,
+                "label": record.label,
+                "predicted": labels[int(p)],
+                "score": round(float(proba[i, p]), 6),
+                "unknown": bool(unknown[i]) if unknown is not None else False,
+            }
+        )
     path = predictions_path(store, project, run_dir.name)
     path.write_text(json.dumps({"labels": labels, "items": items}))
 
@@ -205,8 +241,11 @@ def doctor_available() -> bool:
 def doctor_work(store: Store, engine: Engine, project: str, backbone: str) -> Callable[[Job], dict[str, Any]]:
     def work(job: Job) -> dict[str, Any]:
         if not doctor_available():
-            raise StudioError(501, "the data doctor is not part of this installation",
-                              "update headstart to a version with 'headstart doctor'")
+            raise StudioError(
+                501,
+                "the data doctor is not part of this installation",
+                "update headstart to a version with 'headstart doctor'",
+            )
         from ..doctor import doctor
 
         root = store.project_dir(project)
@@ -214,10 +253,16 @@ def doctor_work(store: Store, engine: Engine, project: str, backbone: str) -> Ca
         try:
             report = doctor(root, bottleneck_dir=engine.cache_dir, backbone=backbone, progress=False)
         except ImportError as exc:
-            raise StudioError(501, f"the data doctor needs a package that is missing: {exc.name or exc}",
-                              "pip install 'headstart[doctor]'") from exc
-        data = {"created": time.time(), "summary": json.loads(json.dumps(report.summary(), default=str)),
-                "findings": json.loads(json.dumps(report.to_dict(), default=str))}
+            raise StudioError(
+                501,
+                f"the data doctor needs a package that is missing: {exc.name or exc}",
+                "pip install 'headstart[doctor]'",
+            ) from exc
+        data = {
+            "created": time.time(),
+            "summary": json.loads(json.dumps(report.summary(), default=str)),
+            "findings": json.loads(json.dumps(report.to_dict(), default=str)),
+        }
         (store.studio_dir(project) / "doctor.json").write_text(json.dumps(data))
         return {"summary": data["summary"]}
 
