@@ -186,10 +186,12 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> 
 # ---------------------------------------------------------------- the fast tier
 # Exporting a model (ONNX, OpenVINO) and checking it against PyTorch takes tens of seconds,
 # so every test that needs an export belongs to the slow tier; `-m "not slow"` skips them.
+# So does every TensorFlow test: importing TensorFlow and building its modules costs about
+# 40 s before the first one runs. The full run (scripts/test.sh, CI) runs them all.
 _SLOW_FIXTURES = {"exported_onnx", "exported_ir"}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("tensorflow"):
             item.add_marker(pytest.mark.slow)
