@@ -85,8 +85,10 @@ def start_and_stop(images: Path, cache: Path, out: Path, sig: signal.Signals, af
                    ) -> tuple[int, str]:
     """Start a retrain, send ``sig`` once ``after_rows`` bottlenecks are committed; (exit code, stderr)."""
     env = {k: v for k, v in os.environ.items() if k != "HEADSTART_DEBUG"}
+    # A shell that starts a job in the background without job control makes it ignore SIGINT, and
+    # Python then installs no KeyboardInterrupt handler: give the child the default, as a terminal would.
     child = subprocess.Popen(retrain_cmd(images, cache, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                             text=True, env=env)
+                             text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     try:
         while child.poll() is None and time.monotonic() < deadline:
