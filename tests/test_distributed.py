@@ -338,6 +338,7 @@ def test_streaming_draws_the_same_batches_and_weights_as_memory(tmp_path: Path, 
     assert np.array_equal(plain.predict_proba(store), memory.predict_proba(np.asarray(store)))
 
 
+@pytest.mark.slow  # trains on 1M generated vectors
 def test_streaming_training_keeps_resident_memory_bounded(tmp_path: Path) -> None:
     """A child process writes 100,000 x 1,280 vectors (a 256 MB store, 512 MB as float32) and trains on them."""
     script = f"""

@@ -75,6 +75,7 @@ def test_fine_tune_blocks_values(tmp_path: Path) -> None:
             check_config(RetrainConfig(image_dir=tmp_path, fine_tune_blocks=bad), need_image_dir=False)
 
 
+@pytest.mark.slow  # a whole CLI process that builds the network
 def test_a_cut_beyond_the_depth_fails_in_one_line_before_any_work(fashion_dir: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     result = run_cli("retrain", "--image_dir", fashion_dir, "--output_dir", tmp_path / "run", "--bottleneck_dir",
@@ -88,6 +89,7 @@ def test_a_cut_beyond_the_depth_fails_in_one_line_before_any_work(fashion_dir: P
 # ---------------------------------------------------------------- the map store
 
 
+@pytest.mark.slow
 def test_maps_are_cached_by_content_and_a_second_run_computes_nothing(fashion_dir: Path, lite0, tmp_path: Path) -> None:
     from headstart.data import index_image_dir, load_image
     from headstart.map_cache import MapCache, compute_maps, read_maps
