@@ -199,9 +199,7 @@ def run_retrain(args: argparse.Namespace) -> int:
 
     def on_step(step: Any) -> None:
         if not bars:
-            bars.append(
-                Progress(step.steps or args.how_many_training_steps, "Training", unit="step", enabled=not args.quiet)
-            )
+            bars.append(Progress(step.steps, "Training", unit="step", enabled=not args.quiet))
         bar = bars[0]
         bar.update(step.step + 1 - done[0])
         done[0] = step.step + 1

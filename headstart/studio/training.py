@@ -171,7 +171,7 @@ def train_work(
         def on_step(step: Any) -> None:
             job.check_cancel()
             row = {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in asdict(step).items()}
-            job.emit("step", total=step.steps or config.how_many_training_steps, **row)
+            job.emit("step", total=step.steps, **row)
 
         result = retrain(config, on_step=on_step)
         run_id = result.run_dir.name
