@@ -21,13 +21,12 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .backbones import Backbone, resolve_backbone
-from .bundle import BACKBONE_NAME, BackboneRecord, DataRecord, default_run_dir, save_bundle
+from .bundle import BACKBONE_NAME, BackboneRecord
 from .config import RetrainConfig
 from .data import Distortion, ImageIndex, ImageRecord, SkippedImage, index_image_dir
 from .errors import DataError, UsageError
@@ -350,7 +349,7 @@ def finish_run(
     from .calibrate import calibrate_head, calibration_report
     from .metrics import evaluate as evaluate_predictions
     from .metrics import find_misclassified
-    from .train import RetrainResult, _relative, _sample_test, skipped_csv
+    from .train import _relative, _sample_test, save_run
 
     # Images that failed to decode in a later pass (``all`` re-reads files) have NaN rows: leave them out.
     keep = {s: np.isfinite(features[s]).all(axis=1) if len(features[s]) else np.zeros(0, bool) for s in splits}
@@ -386,56 +385,23 @@ def finish_run(
         **calibration_report(head, novelty, x["testing"][chosen], yk["testing"][chosen]),
         "history": [asdict(step) for step in head0.history_],
         "splits": {s: int(len(yk[s])) for s in splits},
-        "data": {
-            "image_dir": str(index.root),
-            "testing_percentage": config.testing_percentage,
-            "validation_percentage": config.validation_percentage,
-        },
     }
-    tensors, head_config = head.to_state()
-    novelty_tensors, head_config["novelty"] = novelty.to_state()
-    tensors.update(novelty_tensors)
-    run_dir = Path(config.output_dir) if config.output_dir else default_run_dir()
-    extra: dict[str, bytes | str] = dict(extra_files)
-    if skipped:
-        extra["skipped.csv"] = skipped_csv(skipped)
-    timing["total_s"] = round(time.perf_counter() - start, 3)
-    if config.write_report:
-        from .report import render_run_report
-
-        extra["report.html"] = render_run_report(
-            metrics=metrics,
-            labels=index.labels,
-            image_root=index.root,
-            backbone=record.to_dict(),
-            hyperparameters=config.hyperparameters(),
-        )
-    save_bundle(
-        run_dir,
-        labels=index.labels,
-        backbone=record,
-        preprocessing=backbone.preprocessing,
-        head_tensors=tensors,
-        head_config=head_config,
-        hyperparameters=config.hyperparameters(),
-        metrics=metrics,
-        extra_files=extra,
-        data=DataRecord(str(index.root), config.testing_percentage, config.validation_percentage),
-        output_labels=config.output_labels,
-    )
-    return RetrainResult(
-        run_dir,
-        index.labels,
-        test,
-        val_acc,
-        int(len(yk["validation"])),
-        timing,
-        metrics["bottlenecks"],
-        misclassified,
-        tuple(head0.history_),
-        tuple(skipped),
-        bool(head0.diverged_),
+    return save_run(
+        config,
+        index,
+        record,
+        backbone.preprocessing,
+        head,
+        novelty,
         metrics,
+        dict(extra_files),
+        skipped,
+        timing,
+        start,
+        test=test,
+        validation=(val_acc, int(len(yk["validation"]))),
+        misclassified=misclassified,
+        history_head=head0,
     )
 
 

@@ -322,17 +322,60 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
         **calibration_report(head, novelty, x_test[chosen], y_test[chosen]),
         "history": [asdict(step) for step in head.history_],
         "splits": {s: int(len(splits[s][2])) for s in splits},
-        "data": {
-            "image_dir": str(index.root),
-            "testing_percentage": config.testing_percentage,
-            "validation_percentage": config.validation_percentage,
-        },
     }
+    record = BackboneRecord.from_dict(
+        {
+            **backbone.describe(),
+            "runtime": choice.runtime if choice else None,
+            "precision": choice.precision if choice else None,
+        }
+    )
+    return save_run(
+        config,
+        index,
+        record,
+        backbone.preprocessing,
+        head,
+        novelty,
+        metrics,
+        {},
+        skipped,
+        timing,
+        start,
+        test=test,
+        validation=(val_acc, int(len(y_val))),
+        misclassified=misclassified,
+    )
+
+
+def save_run(
+    config: RetrainConfig,
+    index: ImageIndex,
+    record: BackboneRecord,
+    preprocessing: Any,
+    head: SoftmaxHead,
+    novelty: Any,
+    metrics: dict[str, Any],
+    extra_files: dict[str, bytes | str],
+    skipped: Sequence[SkippedImage],
+    timing: dict[str, float],
+    start: float,
+    *,
+    test: Evaluation,
+    validation: tuple[float | None, int],
+    misclassified: tuple[Misclassified, ...],
+    history_head: SoftmaxHead | None = None,
+) -> RetrainResult:
+    """What every retrain ends with, head-only or fine-tuned: the doctor's report when asked for, the run
+    report, the bundle (written whole or not at all) and the result.  ``history_head`` is the head whose
+    training history and divergence the result reports (a fine-tuned run's first head)."""
+    data = DataRecord(str(index.root), config.testing_percentage, config.validation_percentage)
+    metrics["data"] = data.to_dict()
     tensors, head_config = head.to_state()
     novelty_tensors, head_config["novelty"] = novelty.to_state()
     tensors.update(novelty_tensors)
     run_dir = Path(config.output_dir) if config.output_dir else default_run_dir()
-    extra: dict[str, bytes | str] = {}
+    extra = dict(extra_files)
     if skipped:
         extra["skipped.csv"] = skipped_csv(skipped)
     # One measurement for metrics.json, the report and the command's "Total time" (writing them is not in it).
@@ -347,40 +390,35 @@ def retrain(config: RetrainConfig, on_step: Callable[[TrainStep], None] | None =
             metrics=metrics,
             labels=index.labels,
             image_root=index.root,
-            backbone=backbone.describe(),
+            backbone=record.to_dict(),
             hyperparameters=config.hyperparameters(),
         )
     save_bundle(
         run_dir,
         labels=index.labels,
-        backbone=BackboneRecord.from_dict(
-            {
-                **backbone.describe(),
-                "runtime": choice.runtime if choice else None,
-                "precision": choice.precision if choice else None,
-            }
-        ),
-        preprocessing=backbone.preprocessing,
+        backbone=record,
+        preprocessing=preprocessing,
         head_tensors=tensors,
         head_config=head_config,
         hyperparameters=config.hyperparameters(),
         metrics=metrics,
         extra_files=extra,
-        data=DataRecord(str(index.root), config.testing_percentage, config.validation_percentage),
+        data=data,
         output_labels=config.output_labels,
     )
+    trained = history_head or head
     return RetrainResult(
         run_dir,
         index.labels,
         test,
-        val_acc,
-        int(len(y_val)),
+        validation[0],
+        validation[1],
         timing,
         metrics["bottlenecks"],
         misclassified,
-        tuple(head.history_),
-        skipped,
-        bool(head.diverged_),
+        tuple(trained.history_),
+        tuple(skipped),
+        bool(trained.diverged_),
         metrics,
     )
 
@@ -393,5 +431,6 @@ __all__ = [
     "build_head",
     "find_misclassified",
     "retrain",
+    "save_run",
     "split_bottlenecks",
 ]

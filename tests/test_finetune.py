@@ -192,8 +192,9 @@ def test_a_second_fine_tune_computes_no_map_and_repeats_exactly(tuned_run, tmp_p
     from headstart.train import retrain
 
     config, first = tuned_run
-    second = retrain(replace(config, output_dir=tmp_path / "again"))
+    second = retrain(replace(config, output_dir=tmp_path / "again", doctor=True))
     assert second.metrics["bottlenecks"] == {"computed": 0, "cached": 300, "skipped": 0}
+    assert (tmp_path / "again" / "doctor.json").is_file() and "summary" in second.metrics["doctor"]  # --doctor too
     fingerprint = load_bundle(first.run_dir).backbone.weights_fingerprint
     assert load_bundle(second.run_dir).backbone.weights_fingerprint == fingerprint
     assert second.test.accuracy == first.test.accuracy
