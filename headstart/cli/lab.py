@@ -14,6 +14,7 @@ from typing import Any
 from ..settings import EXPERIMENT_EVAL_STEP_INTERVAL
 from .common import add_command, add_format, comma_list, flag, format_table, print_json, require_path
 from .core import (
+    TRAINING_FLAGS,
     add_backbone_flags,
     add_cache_flag,
     add_runtime_flags,
@@ -247,18 +248,7 @@ def run_curve(args: argparse.Namespace) -> int:
     from ..lab_report import render_curve_report
     from ..plots import plot_curve
 
-    training = {
-        k: getattr(args, k)
-        for k in (
-            "how_many_training_steps",
-            "learning_rate",
-            "optimizer",
-            "train_batch_size",
-            "hidden_units",
-            "dropout",
-            "weight_decay",
-        )
-    }
+    training = {k: getattr(args, k) for k in TRAINING_FLAGS}
     result = curve(args.image_dir, args.images_per_class, repeats=args.repeats, **training, **_settings(args))
     _emit(
         args,
@@ -334,18 +324,7 @@ def run_compare(args: argparse.Namespace) -> int:
     from ..lab_report import render_compare_report
     from ..plots import plot_compare
 
-    training = {
-        k: getattr(args, k)
-        for k in (
-            "how_many_training_steps",
-            "learning_rate",
-            "optimizer",
-            "train_batch_size",
-            "hidden_units",
-            "dropout",
-            "weight_decay",
-        )
-    }
+    training = {k: getattr(args, k) for k in TRAINING_FLAGS}
     result = compare(
         args.image_dir,
         args.backbones,
