@@ -98,7 +98,10 @@ export function render(container) {
     trainButton.disabled = running;
     cancelButton.hidden = !running;
     cancelButton.onclick = async () => {
-      try { await post(`${P(project)}/jobs/${encodeURIComponent(job.id)}/cancel`); phaseText.textContent = "Cancelling…"; } catch (err) { showError(err); }
+      // Said before the request: the job's "cancelled" event can arrive before the request's answer does,
+      // and "Cancelling…" written after it would stay on the page for good.
+      phaseText.textContent = "Cancelling…";
+      try { await post(`${P(project)}/jobs/${encodeURIComponent(job.id)}/cancel`); } catch (err) { showError(err); }
     };
     stop = followJob(project, job.id, (type, d) => {
       if (type === "phase") phaseText.textContent = `${d.message}…`;
