@@ -42,6 +42,9 @@ from doctor_planting import (
 )
 
 SWEEP = (0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98)
+PIXEL_SWEEP = (0.98, 0.99, 0.992, 0.994, 0.995, 0.996, 0.997, 0.998)
+RATIO_SWEEP = (2.0, 3.0, 4.0, 5.0, 8.0, np.inf)
+FLOOR_SWEEP = (0.9, 0.95, 0.97, 0.98, 0.99)
 
 
 def _groups(pairs: list[tuple[str, str]]) -> dict[str, str]:
@@ -61,25 +64,57 @@ def _groups(pairs: list[tuple[str, str]]) -> dict[str, str]:
     return {a: find(a) for a in list(parent)}
 
 
-def near_duplicate_scores(report, planted, distinct: set[str], threshold: float) -> dict:
-    """Recall of planted pairs and false pairs among distinct images, for pairs accepted at ``threshold``."""
-    from headstart.doctor_results import FINGERPRINT_MATCH, FINGERPRINT_MIN_COSINE
-
-    pairs = [(p.a, p.b) for g in report.near_duplicates for p in g.pairs
-             if p.similarity >= threshold or (p.fingerprint >= FINGERPRINT_MATCH
-                                              and p.similarity >= FINGERPRINT_MIN_COSINE)]
+def near_duplicate_scores(pairs: list[tuple[str, str]], planted, distinct: set[str], **settings) -> dict:
+    """Recall of planted pairs (per kind) and false pairs among distinct images, for the pairs accepted."""
     root = _groups(pairs)
     found = {kind: [] for _, _, kind in planted}
     for orig, copy, kind in planted:
         found[kind].append(orig in root and root.get(orig) == root.get(copy))
     false = [(a, b) for a, b in pairs if a in distinct and b in distinct]
     involved = {x for pair in false for x in pair}
-    return {"threshold": threshold, "recall": round(float(np.mean([x for v in found.values() for x in v])), 4),
+    return {**settings, "recall": round(float(np.mean([x for v in found.values() for x in v])), 4),
             "recall_by_kind": {k: round(float(np.mean(v)), 3) for k, v in found.items()},
             "reported_pairs": len(pairs), "false_pairs": len(false),
             "false_pairs_per_distinct_image": round(len(false) / max(1, len(distinct)), 4),
             "distinct_images_in_a_false_pair": round(len(involved) / max(1, len(distinct)), 4),
             "false_share_of_reported_pairs": round(len(false) / max(1, len(pairs)), 4)}
+
+
+def near_duplicate_sweeps(root: Path, cache: Path, planted, distinct: set[str]) -> dict:
+    """The near-duplicate rule's three settings swept one at a time around the doctor's defaults, on the
+    doctor's own neighbour search and thumbnails (computed once)."""
+    from headstart.backbones import resolve_backbone
+    from headstart.cache import BottleneckCache
+    from headstart.data import index_image_dir
+    from headstart.doctor_checks import scan_images, similarity_search
+    from headstart.near_duplicates import near_duplicate_pairs, pixel_candidates
+    from headstart.doctor_results import DEFAULT_SIMILARITY, NEIGHBOURS, PIXEL_FLOOR, PIXEL_MATCH, PIXEL_RATIO
+    from headstart.features import compute_bottlenecks
+
+    index = index_image_dir(root, require_training=False)
+    with BottleneckCache(cache) as c:
+        b = compute_bottlenecks(index.records, resolve_backbone("efficientnet_lite0", crop_pct=1.0), c, progress=False)
+    _, thumbs = scan_images([r.path for r in b.records], 2)
+    nbrs = similarity_search(b.vectors, k=NEIGHBOURS, threshold=min(SWEEP))
+    extra = pixel_candidates(thumbs, b.vectors)
+    paths = [r.relpath for r in b.records]
+
+    def run(similarity: float, pixel_match: float, pixel_ratio: float, pixel_floor: float = PIXEL_FLOOR) -> dict:
+        pairs = near_duplicate_pairs(thumbs, nbrs, similarity, extra=extra, pixel_match=pixel_match,
+                                     pixel_ratio=pixel_ratio, pixel_floor=pixel_floor)
+        return near_duplicate_scores([(paths[a], paths[b]) for a, b, _, _ in pairs], planted, distinct,
+                                     similarity=similarity, pixel_match=pixel_match,
+                                     pixel_ratio=None if np.isinf(pixel_ratio) else pixel_ratio,
+                                     pixel_floor=pixel_floor)
+
+    never = 2.0  # a setting no pair reaches: that rule off
+    return {
+        "cosine_only": [run(t, never, np.inf) for t in SWEEP],
+        "similarity": [run(t, PIXEL_MATCH, PIXEL_RATIO) for t in SWEEP],
+        "pixel_match_without_ratio": [run(DEFAULT_SIMILARITY, t, np.inf) for t in PIXEL_SWEEP],
+        "pixel_ratio": [run(DEFAULT_SIMILARITY, PIXEL_MATCH, r) for r in RATIO_SWEEP],
+        "pixel_floor": [run(DEFAULT_SIMILARITY, PIXEL_MATCH, PIXEL_RATIO, f) for f in FLOOR_SWEEP],
+    }
 
 
 def baseline_ranking(image_dir: Path, cache_dir: Path) -> tuple[list[str], float]:
@@ -223,7 +258,6 @@ def run_dataset(name: str, root: Path, cache: Path, n_dups: int, outliers: dict[
     cold = time.perf_counter()
     doctor(root, bottleneck_dir=cache)  # computes and caches the bottlenecks of the planted images
     cold = time.perf_counter() - cold
-    report = doctor(root, bottleneck_dir=cache, similarity=min(SWEEP))
     load = os.getloadavg()[0]
     start = time.perf_counter()
     default = doctor(root, bottleneck_dir=cache)
@@ -240,8 +274,9 @@ def run_dataset(name: str, root: Path, cache: Path, n_dups: int, outliers: dict[
     result = {
         "dataset": name, "images": default.n_images, "classes": len(default.labels),
         "labels": label_scores([f.path for f in default.label_issues], set(planted_labels)),
-        "near_duplicates": near_duplicate_scores(default, planted_dups, distinct, default.similarity),
-        "near_duplicate_sweep": [near_duplicate_scores(report, planted_dups, distinct, t) for t in SWEEP],
+        "near_duplicates": near_duplicate_scores([(p.a, p.b) for g in default.near_duplicates for p in g.pairs],
+                                                 planted_dups, distinct, similarity=default.similarity),
+        "near_duplicate_sweeps": near_duplicate_sweeps(root, cache, planted_dups, distinct),
         "leaks": {"planted": len(leaks_planted), "found": len(set(leaks_planted) & leak_paths),
                   "reported": len(default.leaks), "test_accuracy": default.test_accuracy,
                   "test_accuracy_without_leaks": default.test_accuracy_without_leaks},

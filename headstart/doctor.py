@@ -34,10 +34,12 @@ from .data import ImageIndex, ImageRecord, index_image_dir, which_split
 from .doctor_results import (
     DEFAULT_FOLDS,
     DEFAULT_SIMILARITY,
-    FINGERPRINT_MATCH,
-    FINGERPRINT_MIN_COSINE,
     HEAD_PARAMS,
     NEIGHBOURS,
+    PIXEL_FLOOR,
+    PIXEL_MATCH,
+    PIXEL_MIN_COSINE,
+    PIXEL_RATIO,
     ClassBalance,
     DoctorReport,
     ExactDuplicate,
@@ -130,6 +132,7 @@ def doctor(
     from .cache import BottleneckCache
     from .doctor_checks import PCA_DIM, out_of_sample_probabilities, scan_images, similarity_search
     from .features import compute_bottlenecks
+    from .near_duplicates import pixel_candidates
 
     start = time.perf_counter()
     timing: dict[str, float] = {}
@@ -190,7 +193,7 @@ def doctor(
     y = index.label_ids(records)
 
     t = time.perf_counter()
-    stats, prints = scan_images([r.path for r in records], threads)
+    stats, thumbs = scan_images([r.path for r in records], threads)
     timing["pixels_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -207,7 +210,8 @@ def doctor(
 
     t = time.perf_counter()
     exact = find.exact_duplicate_findings(dup_groups, labels, head, conflict_vectors)
-    groups, pair_list = find.near_duplicate_groups(records, y, x, prints, nbrs, threshold)
+    extra = pixel_candidates(thumbs, x, seed)
+    groups, pair_list = find.near_duplicate_groups(records, thumbs, nbrs, threshold, extra)
     leaks_found = find.leak_findings(records, pair_list, dup_groups, root, validation_percentage, testing_percentage)
     acc, acc_clean = find.leak_accuracy(
         records, x, y, head, {f.path for f in leaks_found if f.split == "testing" and not f.exact}
@@ -231,7 +235,8 @@ def doctor(
     notes.append(
         f"near-duplicates: bottleneck cosine >= {threshold:g}"
         + (" (--similarity)" if similarity is not None else " (measured default; --similarity overrides)")
-        + f", or fingerprint correlation >= {FINGERPRINT_MATCH} with cosine >= {FINGERPRINT_MIN_COSINE}"
+        + f", or, with cosine >= {PIXEL_MIN_COSINE}, aligned pixel correlation >= {PIXEL_MATCH} "
+        + f"(or >= {PIXEL_FLOOR} and {PIXEL_RATIO:g}x closer than either image's next best match)"
     )
     notes.append("exact duplicates within a class are already used once by retrain; across classes none is used")
     if nbrs.projected:

@@ -2,10 +2,7 @@
 
 * :func:`scan_images` decodes every image once, small (JPEG draft mode, then a
   thumbnail), for cheap pixel statistics (brightness, contrast, sharpness, size)
-  and a perceptual fingerprint: a 16x16 grey thumbnail with its mean and contrast
-  taken out, compared by correlation.  On the planted copies of
-  docs/DOCTOR.md it tells a JPEG re-encode or a brightness shift from a
-  look-alike more precisely than a 64-bit DCT hash, which keeps too few bits.
+  and the grey thumbnail :mod:`headstart.pixel_match` lines near-duplicates up on.
 * :func:`similarity_search` finds every image's nearest neighbours and every pair
   above a cosine threshold with blocked matrix products over unit vectors: one
   block of rows against all vectors at a time, so memory grows with the number
@@ -29,12 +26,11 @@ import numpy as np
 
 log = logging.getLogger("headstart")
 
-FINGERPRINT_PX = 16
 STATS_PX = 128  # longest side of the thumbnail the pixel statistics are measured on
 _BLOCK_FLOATS = 1 << 24  # similarity block: 16 M float32 = 64 MB, whatever the folder's size
 PCA_ABOVE = 20_000  # images; above this the neighbour search runs in a PCA projection first
 PCA_DIM = 128  # on 3,000 Fashion-MNIST bottlenecks: every pair above 0.9 kept, 98.7 % of the 20 neighbours
-PCA_MARGIN = 0.04  # cosine a projected candidate may lose and still be re-checked exactly
+PCA_MARGIN = 0.01  # cosine a projected candidate may lose and still be re-checked exactly (docs/DOCTOR.md)
 _MAX_PIXELS = 100_000_000  # as headstart.data: larger files are not decoded
 
 
@@ -77,52 +73,66 @@ def _grey_thumbnail(path: Path) -> tuple[int, int, np.ndarray]:
         return width, height, np.asarray(img, dtype=np.float32)
 
 
-def _fingerprint(grey: np.ndarray) -> np.ndarray:
-    from PIL import Image
-
-    small = Image.fromarray(grey.astype(np.uint8))
-    # Box filter when shrinking (an area average, so re-encodes agree); bilinear when enlarging tiny images.
-    method = Image.Resampling.BOX if min(small.size) >= FINGERPRINT_PX else Image.Resampling.BILINEAR
-    v = np.asarray(small.resize((FINGERPRINT_PX, FINGERPRINT_PX), method), dtype=np.float32).ravel()
-    v = v - v.mean()
-    norm = float(np.linalg.norm(v))
-    return v / norm if norm > 1e-3 else np.zeros_like(v)  # a blank image matches nothing
-
-
-def _measure(path: Path) -> tuple[ImageStats, np.ndarray]:
+def _decode(path: Path) -> tuple[int, int, np.ndarray] | str:
+    """(width, height, grey thumbnail) of one file, or why it cannot be read; never raises."""
     try:
-        width, height, g = _grey_thumbnail(path)
+        return _grey_thumbnail(path)
     except Exception as exc:
-        text = " ".join(str(exc).split()) or type(exc).__name__
-        return ImageStats(0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, error=text), np.zeros(FINGERPRINT_PX**2, np.float32)
-    std = float(g.std())
-    if min(g.shape) >= 3:
-        # Second over first derivatives: a blurred edge is wide, so its curvature is small for its slope.
-        # Unlike the Laplacian over the grey-level variance, a smooth photo with crisp edges still scores high.
-        lap = 4 * g[1:-1, 1:-1] - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
-        gx, gy = np.diff(g, axis=1)[1:-1, :-1], np.diff(g, axis=0)[:-1, 1:-1]
-        slope = float((gx * gx + gy * gy).mean())
-        sharpness = float(lap.var() / slope) if slope > 1e-6 else 0.0
-    else:
-        sharpness = math.nan
-    p01, p99 = np.percentile(g, [1, 99])
-    return (ImageStats(width, height, float(g.mean()), std, float(p01), float(p99), sharpness), _fingerprint(g))
+        return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def scan_images(paths: Sequence[Path], workers: int = 4) -> tuple[list[ImageStats], np.ndarray]:
-    """Pixel statistics and the perceptual fingerprint (``[n, 256]`` float32) of each image.
+def _stats_of(stack: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Grey mean, spread, 1st/99th percentiles and sharpness of every thumbnail in ``[m, h, w]``, at once."""
+    m = len(stack)
+    flat = stack.reshape(m, -1)
+    p01, p99 = np.percentile(flat, [1, 99], axis=1)
+    if min(stack.shape[1:]) < 3:
+        return flat.mean(axis=1), flat.std(axis=1), p01, p99, np.full(m, math.nan)
+    g = stack
+    # Second over first derivatives: a blurred edge is wide, so its curvature is small for its slope.
+    # Unlike the Laplacian over the grey-level variance, a smooth photo with crisp edges still scores high.
+    lap = 4 * g[:, 1:-1, 1:-1] - g[:, :-2, 1:-1] - g[:, 2:, 1:-1] - g[:, 1:-1, :-2] - g[:, 1:-1, 2:]
+    gx, gy = np.diff(g, axis=2)[:, 1:-1, :-1], np.diff(g, axis=1)[:, :-1, 1:-1]
+    slope = (gx * gx + gy * gy).mean(axis=(1, 2))
+    var = lap.reshape(m, -1).var(axis=1)
+    sharpness = np.where(slope > 1e-6, var / np.maximum(slope, 1e-6), 0.0)
+    return flat.mean(axis=1), flat.std(axis=1), p01, p99, sharpness
 
-    Pillow decodes and shrinks with the GIL released, so a few threads overlap.
-    An unreadable file gets ``error`` set and a zero fingerprint; it never raises.
+
+def scan_images(paths: Sequence[Path], workers: int = 4) -> tuple[list[ImageStats], list[np.ndarray]]:
+    """Pixel statistics and the thumbnail :mod:`headstart.pixel_match` compares, of each image.
+
+    Pillow decodes and shrinks with the GIL released, so a few threads overlap;
+    the statistics are computed for all thumbnails of one shape at once (per
+    image, numpy's call overhead would cost more than the arithmetic).  An
+    unreadable file gets ``error`` set and an empty thumbnail; it never raises.
     """
     from PIL import Image
 
+    from .pixel_match import match_thumbnail
+
     Image.init()  # register the format plugins before the threads race to
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(pool.map(_measure, paths, chunksize=64))
-    stats = [r[0] for r in results]
-    prints = np.stack([r[1] for r in results]) if results else np.zeros((0, FINGERPRINT_PX**2), np.float32)
-    return stats, prints
+        decoded = list(pool.map(_decode, paths, chunksize=64))
+    stats: list[ImageStats | None] = [None] * len(decoded)
+    thumbs = [np.zeros((0, 0), np.uint8)] * len(decoded)
+    read: dict[int, tuple[int, int, np.ndarray]] = {}
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for n, d in enumerate(decoded):
+        if isinstance(d, str):
+            stats[n] = ImageStats(0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, error=d)
+        else:
+            read[n] = d
+            by_shape.setdefault(d[2].shape, []).append(n)
+            thumbs[n] = match_thumbnail(d[2])
+    for rows in by_shape.values():
+        for s in range(0, len(rows), 4096):  # bounded memory whatever the folder
+            chunk = rows[s : s + 4096]
+            values = _stats_of(np.stack([read[n][2] for n in chunk]))
+            for k, n in enumerate(chunk):
+                mean, std, p01, p99, sharp = (float(v[k]) for v in values)
+                stats[n] = ImageStats(read[n][0], read[n][1], mean, std, p01, p99, sharp)
+    return [s for s in stats if s is not None], thumbs
 
 
 # --------------------------------------------------------------------------- similarity
@@ -199,8 +209,8 @@ def similarity_search(
     block = max(1, min(n, _BLOCK_FLOATS // max(n, 1)))
     nn = np.zeros((n, width), dtype=np.int64)
     nn_sim = np.zeros((n, width), dtype=np.float32)
-    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    topk = _torch_topk() if projected else None  # ten times numpy's argpartition; worth its import when large
+    found: list[tuple[np.ndarray, np.ndarray]] = []
+    topk = _torch_topk() if n > project_above else None  # ten times numpy's argpartition; worth its import when large
     for start in range(0, n, block):
         stop = min(n, start + block)
         sims = search[start:stop] @ search.T
@@ -213,13 +223,22 @@ def similarity_search(
             top = np.argpartition(-sims, width - 1, axis=1)[:, :width]
             nn[start:stop] = top
             nn_sim[start:stop] = np.take_along_axis(sims, top, axis=1)
-        sims[:, : start + 1] = -np.inf  # each pair once: j > i (the diagonal block's lower half below)
-        bi, bj = np.nonzero(sims >= cut)
-        keep = bj > bi + start
-        found.append((bi[keep] + start, bj[keep], sims[bi[keep], bj[keep]]))
-    pi = np.concatenate([f[0] for f in found]).astype(np.int64)
-    pj = np.concatenate([f[1] for f in found]).astype(np.int64)
-    ps = np.concatenate([f[2] for f in found]).astype(np.float32)
+        # Pairs above the cut: from the neighbour lists, and from the whole row only where a list is full of
+        # them (it may have left some out).  Scanning every row would cost more than the product itself.
+        li, lk = np.nonzero(nn_sim[start:stop] >= cut)
+        found.append((li + start, nn[start:stop][li, lk]))
+        crowded = np.flatnonzero(nn_sim[start:stop].min(axis=1, initial=np.inf) >= cut)
+        if width >= n - 1:  # every other image is in the list already
+            crowded = crowded[:0]
+        if len(crowded):
+            bi, bj = np.nonzero(sims[crowded] >= cut)
+            found.append((crowded[bi] + start, bj))
+    none = [np.zeros(0, np.int64)]
+    a = np.concatenate([f[0] for f in found] or none).astype(np.int64)
+    b = np.concatenate([f[1] for f in found] or none).astype(np.int64)
+    key = np.unique(np.minimum(a, b) * max(n, 1) + np.maximum(a, b))  # each pair once, i < j
+    pi, pj = key // max(n, 1), key % max(n, 1)
+    ps = row_dots(search, search, pi, pj)
     if projected:  # re-score what the projection found with the exact cosine
         ps = row_dots(unit, unit, pi, pj)
         nn_sim = row_dots(unit, unit, np.repeat(np.arange(n), width), nn.ravel()).reshape(n, width)

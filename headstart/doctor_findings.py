@@ -16,11 +16,9 @@ from typing import Any
 import numpy as np
 
 from .data import ImageIndex, ImageRecord, SkippedImage, sha256_file, which_split
-from .doctor_checks import ImageStats, Neighbours, group_pairs, row_dots
+from .doctor_checks import ImageStats, Neighbours, group_pairs
 from .doctor_results import (
     CLEANLAB_HINT,
-    FINGERPRINT_MATCH,
-    FINGERPRINT_MIN_COSINE,
     FOLD_HEAD_PARAMS,
     MAX_IMBALANCE,
     MIN_TRAINING_IMAGES,
@@ -36,6 +34,7 @@ from .doctor_results import (
     Outlier,
 )
 from .errors import HeadstartError
+from .near_duplicates import Candidates, Pair, near_duplicate_pairs
 
 log = logging.getLogger("headstart")
 
@@ -46,8 +45,6 @@ DARK_P99 = 50.0  # 99 % of the pixels darker than this grey level
 BRIGHT_P01 = 225.0  # 99 % of the pixels brighter than this
 BLUR_FRACTION = 0.14  # sharpness under this fraction of the folder's median (docs/DOCTOR.md)
 _SPLIT_ORDER = {"training": 0, "validation": 1, "testing": 2}
-
-Pair = tuple[int, int, float, float]  # (i, j, cosine, fingerprint correlation)
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -111,29 +108,17 @@ def exact_duplicate_findings(
 
 
 def near_duplicate_groups(
-    records: Sequence[ImageRecord], y: np.ndarray, x: np.ndarray, prints: np.ndarray, nbrs: Neighbours, threshold: float
+    records: Sequence[ImageRecord],
+    thumbs: Sequence[np.ndarray],
+    nbrs: Neighbours,
+    threshold: float,
+    extra: Candidates | None = None,
 ) -> tuple[list[NearDuplicateGroup], list[Pair]]:
-    """Pairs by bottleneck cosine, or by fingerprint among the nearest neighbours; grouped (connected)."""
-    found: dict[tuple[int, int], float] = {}
-    for (i, j), s in zip(nbrs.pairs.tolist(), nbrs.pair_similarity.tolist()):
-        found[(i, j)] = s
-    n, k = nbrs.index.shape
-    if k:
-        rows = np.repeat(np.arange(n), k)
-        cols = nbrs.index.ravel()
-        sims = nbrs.similarity.ravel()
-        corr = row_dots(prints, prints, rows, cols)
-        hit = (sims >= FINGERPRINT_MIN_COSINE) & (corr >= FINGERPRINT_MATCH)
-        for i, j, s in zip(rows[hit].tolist(), cols[hit].tolist(), sims[hit].tolist()):
-            found.setdefault((min(i, j), max(i, j)), s)
-    if not found:
+    """Near-duplicate pairs (:func:`near_duplicate_pairs`) grouped into connected groups, one copy kept each."""
+    pairs = near_duplicate_pairs(thumbs, nbrs, threshold, extra=extra)
+    if not pairs:
         return [], []
-    keys = np.array(list(found), dtype=np.int64)
-    corr_all = row_dots(prints, prints, keys[:, 0], keys[:, 1])
-    pairs: list[Pair] = [
-        (int(i), int(j), float(found[(int(i), int(j))]), float(c))
-        for (i, j), c in zip(keys.tolist(), corr_all.tolist())
-    ]
+    keys = np.array([(a, b) for a, b, _, _ in pairs], dtype=np.int64)
     by_member: dict[int, list[Pair]] = {}
     for p in pairs:
         by_member.setdefault(p[0], []).append(p)
@@ -154,7 +139,7 @@ def near_duplicate_groups(
         )
         ordered = [keep] + [i for i in members if i != keep]
         conflict = len(set(classes)) > 1
-        best = max(p[2] for p in group_pairs_)
+        best = max(max(p[2], p[3]) for p in group_pairs_)  # the surer of the two scores
         where = f" in different classes ({', '.join(sorted(set(classes)))})" if conflict else f" in '{classes[0]}'"
         reason = f"{len(members)} near-identical images{where}; keep {records[keep].relpath}"
         groups.append(
@@ -167,7 +152,7 @@ def near_duplicate_groups(
                 tuple(records[i].split for i in ordered),
                 tuple(
                     NearDuplicatePair(records[a].relpath, records[b].relpath, _r4(s), _r4(c))
-                    for a, b, s, c in sorted(group_pairs_, key=lambda p: -p[2])
+                    for a, b, s, c in sorted(group_pairs_, key=lambda p: -max(p[2], p[3]))
                 ),
                 conflict,
                 float(threshold),
@@ -199,12 +184,12 @@ def leak_findings(
         entry["score"] = max(entry["score"], score)
         entry["exact"] = entry["exact"] and exact
 
-    for i, j, s, _ in pairs:
+    for i, j, cosine, pixels in pairs:
         a, b = records[i], records[j]
         side = _held_out(a.split, b.split)
         if side is not None:
             held, other = (a, b) if side == 0 else (b, a)
-            add(held.relpath, held.label, held.split, other.relpath, other.split, s, False)
+            add(held.relpath, held.label, held.split, other.relpath, other.split, max(cosine, pixels), False)
     for _, copies in exact_groups:
         # Copies the index skipped still have the split their name hashes to.
         splits = [which_split(rel, validation_percentage, testing_percentage) for rel, _ in copies]

@@ -32,13 +32,24 @@ FINDING_KINDS = (
 EXCLUDABLE_KINDS = FINDING_KINDS[:-1]  # class_balance names classes, not images
 
 # Bottleneck cosine at or above which two images are near-duplicates, and the
-# fingerprint correlation that, with a cosine of at least FINGERPRINT_MIN_COSINE,
-# also makes a pair (re-encodes and brightness shifts move the bottleneck more
-# than the pixels).  Chosen on planted copies (docs/DOCTOR.md, bench_doctor.py).
-DEFAULT_SIMILARITY = 0.95
-FINGERPRINT_MATCH = 0.99
-FINGERPRINT_MIN_COSINE = 0.7
-NEIGHBOURS = 20  # nearest neighbours searched per image (candidates for the fingerprint check)
+# aligned pixel correlation (headstart.pixel_match) that, with a cosine of at
+# least PIXEL_MIN_COSINE, also makes a pair: re-encodes, resizes and crops of
+# small images move the bottleneck as far as a look-alike, but not the pixels.
+# Chosen on planted copies (docs/DOCTOR.md, bench_doctor.py).
+DEFAULT_SIMILARITY = 0.97
+PIXEL_MATCH = 0.995
+PIXEL_MIN_COSINE = 0.5
+# Below PIXEL_MATCH, down to PIXEL_FLOOR, a pair whose pixels line up PIXEL_RATIO times better (in 1 - correlation)
+# than either image's next best match also counts (headstart.doctor_findings.near_duplicate_pairs).
+PIXEL_FLOOR = 0.98
+PIXEL_RATIO = 3.0
+NEIGHBOURS = 20  # nearest neighbours searched per image (the candidates the pixels are compared for)
+# Crops resized afterwards are searched for among the nearest few only (the costly part of the comparison),
+# when their cosine or their plain pixel correlation is high.
+SEARCH_NEIGHBOURS = 5
+SEARCH_MIN_COSINE = 0.85
+SEARCH_MIN_PIXELS = 0.9
+PIXEL_NEIGHBOURS = 3  # nearest by pixels (8x8 thumbnails), compared too: re-encodes far in bottleneck space
 OUTLIER_K = 5  # an outlier's score is its mean cosine distance to its OUTLIER_K nearest images
 OUTLIER_Z = 3.5  # robust z-score (median, MAD) above which an image is listed as an outlier
 OUTLIER_CERTAIN_Z = 6.0  # ... and above which the fix script quarantines it without asking
@@ -81,7 +92,7 @@ class NearDuplicatePair:
     a: str
     b: str
     similarity: float  # bottleneck cosine
-    fingerprint: float  # correlation of the 16x16 grey thumbnails
+    pixel_match: float  # best aligned correlation of the grey thumbnails (headstart.pixel_match)
 
 
 @dataclass(frozen=True)
@@ -90,7 +101,7 @@ class NearDuplicateGroup:
 
     path: str
     reason: str
-    score: float  # the group's highest pair similarity
+    score: float  # the surest pair: its bottleneck cosine or pixel correlation, whichever is higher
     paths: tuple[str, ...]
     classes: tuple[str, ...]
     splits: tuple[str, ...]

@@ -62,8 +62,11 @@ def make_variant(img: Image.Image, kind: str, rng: np.random.Generator) -> tuple
         img.save(buf, "JPEG", quality=60)
         return Image.open(io.BytesIO(buf.getvalue())), ".jpg"
     if kind == "resize":
-        f = rng.uniform(0.8, 1.2)
-        return img.resize((max(1, round(w * f)), max(1, round(h * f))), Image.Resampling.BICUBIC), ".png"
+        size = (w, h)
+        while size == (w, h):  # a "resize" that keeps the size would be a byte-identical copy
+            f = rng.uniform(0.8, 1.2)
+            size = (max(1, round(w * f)), max(1, round(h * f)))
+        return img.resize(size, Image.Resampling.BICUBIC), ".png"
     if kind == "crop5":
         cw, ch = round(w * 0.95), round(h * 0.95)
         left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))

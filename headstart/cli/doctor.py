@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..doctor_results import DEFAULT_SIMILARITY
 from .common import add_command, flag, format_table, plural, print_json, require_path
 from .core import add_backbone_flags, add_cache_flag, add_ray_flags, add_runtime_flags, ray_settings, setting_flag
 
@@ -21,7 +22,7 @@ def register(sub: Any) -> None:
         "find mislabelled, duplicated, leaked and odd images (from the cached bottlenecks)",
         "headstart doctor --image_dir flower_photos --output_dir doctor\n"
         "headstart doctor --image_dir flower_photos --write_fix_script fix.sh   # then review fix.sh\n"
-        "headstart doctor --image_dir flower_photos --format json --similarity 0.97",
+        "headstart doctor --image_dir flower_photos --format json --similarity 0.95",
     )
     setting_flag(p, "image_dir", required=True)
     flag(
@@ -43,7 +44,8 @@ def register(sub: Any) -> None:
         "--similarity",
         type=float,
         default=None,
-        help="bottleneck cosine from which two images are near-duplicates (default: the measured 0.95)",
+        help="bottleneck cosine from which two images are near-duplicates, whatever their pixels "
+        f"(default: the measured {DEFAULT_SIMILARITY}; copies whose pixels line up are found below it)",
     )
     flag(
         p,
@@ -164,7 +166,7 @@ def _print_table(report: Any) -> None:
         (
             "near-duplicates",
             [[f.path, len(f.paths), ",".join(sorted(set(f.classes))), f.score] for f in report.near_duplicates],
-            ["keep", "images", "classes", "similarity"],
+            ["keep", "images", "classes", "score"],
         ),
         (
             "exact duplicates",
