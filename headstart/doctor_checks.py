@@ -238,9 +238,8 @@ def similarity_search(
     b = np.concatenate([f[1] for f in found] or none).astype(np.int64)
     key = np.unique(np.minimum(a, b) * max(n, 1) + np.maximum(a, b))  # each pair once, i < j
     pi, pj = key // max(n, 1), key % max(n, 1)
-    ps = row_dots(search, search, pi, pj)
-    if projected:  # re-score what the projection found with the exact cosine
-        ps = row_dots(unit, unit, pi, pj)
+    ps = row_dots(unit, unit, pi, pj)  # the exact cosine, whether or not the search ran on a projection
+    if projected:  # re-rank the neighbours the projection found by the exact cosine
         nn_sim = row_dots(unit, unit, np.repeat(np.arange(n), width), nn.ravel()).reshape(n, width)
     ok = ps >= threshold
     order = np.argsort(-nn_sim, axis=1, kind="stable")[:, :k]

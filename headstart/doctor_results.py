@@ -40,7 +40,7 @@ DEFAULT_SIMILARITY = 0.97
 PIXEL_MATCH = 0.995
 PIXEL_MIN_COSINE = 0.5
 # Below PIXEL_MATCH, down to PIXEL_FLOOR, a pair whose pixels line up PIXEL_RATIO times better (in 1 - correlation)
-# than either image's next best match also counts (headstart.doctor_findings.near_duplicate_pairs).
+# than either image's next best match also counts (headstart.near_duplicates.near_duplicate_pairs).
 PIXEL_FLOOR = 0.98
 PIXEL_RATIO = 3.0
 NEIGHBOURS = 20  # nearest neighbours searched per image (the candidates the pixels are compared for)
