@@ -109,29 +109,25 @@ def scan_images(paths: Sequence[Path], workers: int = 4) -> tuple[list[ImageStat
     """
     from PIL import Image
 
-    from .pixel_match import match_thumbnail
+    from .pixel_match import match_thumbnail, shape_batches
 
     Image.init()  # register the format plugins before the threads race to
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         decoded = list(pool.map(_decode, paths, chunksize=64))
     stats: list[ImageStats | None] = [None] * len(decoded)
-    thumbs = [np.zeros((0, 0), np.uint8)] * len(decoded)
-    read: dict[int, tuple[int, int, np.ndarray]] = {}
-    by_shape: dict[tuple[int, ...], list[int]] = {}
+    sizes: dict[int, tuple[int, int]] = {}
+    greys = [np.zeros((0, 0), np.float32)] * len(decoded)
     for n, d in enumerate(decoded):
         if isinstance(d, str):
             stats[n] = ImageStats(0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, error=d)
         else:
-            read[n] = d
-            by_shape.setdefault(d[2].shape, []).append(n)
-            thumbs[n] = match_thumbnail(d[2])
-    for rows in by_shape.values():
-        for s in range(0, len(rows), 4096):  # bounded memory whatever the folder
-            chunk = rows[s : s + 4096]
-            values = _stats_of(np.stack([read[n][2] for n in chunk]))
-            for k, n in enumerate(chunk):
-                mean, std, p01, p99, sharp = (float(v[k]) for v in values)
-                stats[n] = ImageStats(read[n][0], read[n][1], mean, std, p01, p99, sharp)
+            sizes[n], greys[n] = (d[0], d[1]), d[2]
+    thumbs = [match_thumbnail(g) if g.size else np.zeros((0, 0), np.uint8) for g in greys]
+    for idx in shape_batches(greys):
+        values = _stats_of(np.stack([greys[n] for n in idx]))
+        for k, n in enumerate(idx.tolist()):
+            mean, std, p01, p99, sharp = (float(v[k]) for v in values)
+            stats[n] = ImageStats(*sizes[n], mean, std, p01, p99, sharp)
     return [s for s in stats if s is not None], thumbs
 
 

@@ -78,7 +78,7 @@ def near_duplicate_pairs(
     # A lightly cropped copy of a smooth picture can sit at a low cosine; its plain correlation gives it away.
     late = np.flatnonzero(closest & ~search & (match >= SEARCH_MIN_PIXELS))
     if len(late):
-        match[late] = np.maximum(match[late], match_scores(thumbs, i[late], j[late]))
+        match[late] = np.maximum(match[late], match_scores(thumbs, i[late], j[late], plain=False))
     rival = _rival_scores(n, i, j, match)
     stands_out = (match >= pixel_floor) & (1 - rival >= pixel_ratio * np.maximum(1 - match, 1e-6))
     hit = (cos >= threshold) | (((match >= pixel_match) | stands_out) & (cos >= PIXEL_MIN_COSINE))

@@ -24,7 +24,7 @@ offset window of an image against all the images it is compared with).
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -113,23 +113,30 @@ def descriptors(thumbs: Sequence[np.ndarray]) -> np.ndarray:
     is zero): nearest neighbours in this space are the pixel comparison's other candidates, the copies a
     re-encode moved far in bottleneck space (a JPEG of a 28-pixel image: cosine as low as 0.57)."""
     out = np.zeros((len(thumbs), DESCRIPTOR_PX * DESCRIPTOR_PX), np.float32)
-    shapes: dict[tuple[int, ...], list[int]] = {}
-    for n, t in enumerate(thumbs):
-        if t.size:
-            shapes.setdefault(t.shape, []).append(n)
-    for rows in shapes.values():
-        for k in range(0, len(rows), 4096):
-            idx = np.asarray(rows[k : k + 4096])
-            out[idx] = _unit(_prepared(thumbs, idx, (DESCRIPTOR_PX, DESCRIPTOR_PX)).reshape(len(idx), -1))
+    for idx in shape_batches(thumbs):
+        out[idx] = _unit(_prepared(thumbs, idx, (DESCRIPTOR_PX, DESCRIPTOR_PX)).reshape(len(idx), -1))
     return out
 
 
+def shape_batches(arrays: Sequence[np.ndarray], size: int = 4096) -> Iterator[np.ndarray]:
+    """Indices of the non-empty ``arrays`` in batches of at most ``size`` that share one shape: each batch
+    stacks into one array for batched arithmetic, in bounded memory whatever the folder."""
+    shapes: dict[tuple[int, ...], list[int]] = {}
+    for n, a in enumerate(arrays):
+        if a.size:
+            shapes.setdefault(a.shape, []).append(n)
+    for rows in shapes.values():
+        for k in range(0, len(rows), size):
+            yield np.asarray(rows[k : k + size], np.int64)
+
+
 def match_scores(
-    thumbs: Sequence[np.ndarray], i: np.ndarray, j: np.ndarray, search: np.ndarray | None = None
+    thumbs: Sequence[np.ndarray], i: np.ndarray, j: np.ndarray, search: np.ndarray | None = None, *, plain: bool = True
 ) -> np.ndarray:
     """Best aligned correlation of each pair ``(i[n], j[n])`` of ``thumbs`` (from :func:`match_thumbnail`),
-    over both directions and every offset; 0 for a flat image.  Resizes and integer crops are always
-    tried; the crop fractions under 1 in ``CROPS`` only where ``search`` (bool per pair, default all)."""
+    over both directions and every offset; 0 for a flat image.  Resizes and integer crops are tried unless
+    ``plain`` is false (pairs already scored without the search); the crop fractions under 1 in ``CROPS``
+    only where ``search`` (bool per pair, default all)."""
     i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
     wide = np.ones(len(i), bool) if search is None else np.asarray(search, bool)
     best = np.full(len(i), -1.0, np.float32)
@@ -155,6 +162,8 @@ def match_scores(
         s_shape = (int(shapes[key // len(shapes)][0]), int(shapes[key // len(shapes)][1]))
         t_shape = (int(shapes[key % len(shapes)][0]), int(shapes[key % len(shapes)][1]))
         for (s_size, t_size), costly in _transforms(s_shape, t_shape).items():
+            if not (costly or plain):
+                continue
             take = rows[wide[rows]] if costly else rows
             if len(take):
                 _score_group(thumbs, src[take], tmpl[take], pair[take], s_size, t_size, best)

@@ -73,6 +73,8 @@ def test_crop_resized_back_needs_the_search(photos: dict) -> None:
     assert a.shape == b.shape == (24, 32)
     searched, plain = _score(a, b, search=True), _score(a, b, search=False)
     assert searched >= PIXEL_FLOOR > plain
+    search_only = match_scores([a, b], np.array([0]), np.array([1]), plain=False)[0]  # what a later pass adds
+    assert search_only == pytest.approx(searched)
 
 
 def test_flat_and_unreadable_images_match_nothing(fashion_images: dict) -> None:
