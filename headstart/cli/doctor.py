@@ -161,7 +161,7 @@ def _print_table(report: Any) -> None:
         (
             "leaks",
             [[f.path, f.split, f.matches[0], f.score] for f in report.leaks],
-            ["path", "split", "copy of", "similarity"],
+            ["path", "split", "copy of", "score"],
         ),
         (
             "near-duplicates",
