@@ -28,7 +28,10 @@ import numpy as np
 
 DEFAULT_UNKNOWN_ACCEPT = 0.95
 ECE_BINS = 15
-_LOG_T_RANGE = (math.log(0.05), math.log(20.0))
+# The temperatures fit_temperature searches.  A saved head whose temperature lies outside is refused on load
+# (head.from_state): a float32 logit divided by 1e-300 is infinite, and its probabilities NaN.
+TEMPERATURE_RANGE = (0.05, 20.0)
+_LOG_T_RANGE = (math.log(TEMPERATURE_RANGE[0]), math.log(TEMPERATURE_RANGE[1]))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -210,6 +213,7 @@ def fit_novelty(
 
 __all__ = [
     "DEFAULT_UNKNOWN_ACCEPT",
+    "TEMPERATURE_RANGE",
     "NoveltyScore",
     "expected_calibration_error",
     "fit_novelty",

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from headstart.calibrate import TEMPERATURE_RANGE
 from headstart.head_math import (
     Weights,
     _accuracy_and_cross_entropy,
@@ -453,9 +454,10 @@ class SoftmaxHead:
         if (
             not isinstance(temperature, (int, float))
             or isinstance(temperature, bool)
-            or not (math.isfinite(temperature) and temperature > 0)
+            or not (TEMPERATURE_RANGE[0] <= temperature <= TEMPERATURE_RANGE[1])
         ):
-            raise HeadStateError(f"config temperature must be a positive number, got {temperature!r}")
+            low, high = TEMPERATURE_RANGE
+            raise HeadStateError(f"config temperature must be a number from {low} to {high}, got {temperature!r}")
         head.temperature_ = float(temperature)
         head.fit_seconds_ = 0.0
         return head

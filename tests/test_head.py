@@ -393,6 +393,10 @@ def test_from_state_names_the_bad_tensor(recipe_head) -> None:
     nan = dict(tensors, **{"final.bias": np.full(10, np.nan, np.float32)})
     with pytest.raises(HeadStateError, match="'final.bias' contains NaN"):
         SoftmaxHead.from_state(nan, config)
+    # A temperature that float32 rounds to 0 (or one no calibration gives) would make every probability NaN.
+    for temperature in (1.3e-296, 0.0, -1.0, math.inf, math.nan, 1e6):
+        with pytest.raises(HeadStateError, match="temperature must be a number from 0.05 to 20.0"):
+            SoftmaxHead.from_state(tensors, dict(config, temperature=temperature))
     assert issubclass(HeadStateError, ModelError), "the CLI reports it as a bad model, in one line"
 
 
